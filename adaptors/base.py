@@ -250,7 +250,7 @@ class Adaptor(ABC):
         if not entry.is_dir:
             raise errors.Unavailable("root path is not a directory")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections.  Further calls may reconnect."""
 
     # -- helpers for subclasses ---------------------------------------------

@@ -227,9 +227,7 @@ class LocalAdaptor(Adaptor):
             if rd.exists() or rd.is_symlink():
                 if not overwrite:
                     raise errors.Exists("target exists", dst)
-                if rd.is_dir() and not rs.is_dir():
-                    shutil.rmtree(rd)
-                elif rd.is_dir() and rs.is_dir():
+                if (rd.is_dir() and not rs.is_dir()) or (rd.is_dir() and rs.is_dir()):
                     shutil.rmtree(rd)
             os.replace(rs, rd)
 
