@@ -74,6 +74,28 @@ class Federation:
             self._status[name] = st
         return st
 
+    def last_status(self, name: str) -> SiteStatus | None:
+        """The last known status, without probing (None: not probed yet)."""
+        with self._status_lock:
+            return self._status.get(name)
+
+    def start_prober(self, interval_s: float = 15.0) -> threading.Event:
+        """Probe every site now and then every ``interval_s`` in a daemon thread,
+        so that request paths only read cached statuses.  Set the returned event
+        to stop."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                for name in list(self.sites):
+                    if stop.is_set():
+                        return
+                    self.status(name, refresh=True)
+                stop.wait(interval_s)
+
+        threading.Thread(target=loop, name="fedgate-prober", daemon=True).start()
+        return stop
+
     def mark(self, name: str, ok: bool, message: str) -> None:
         """Record what a real operation learnt about a site's health."""
         with self._status_lock:

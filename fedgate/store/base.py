@@ -77,6 +77,11 @@ class StateStore(ABC):
         """All dead properties of a resource: ``{"{ns}name": xml_string}``."""
 
     @abstractmethod
+    def props_tree(self, path: str, depth: int = 1) -> dict[str, dict[str, str]]:
+        """Dead properties of ``path`` and its descendants down to ``depth`` levels,
+        in one query: ``{path: {name: value}}`` (paths without properties absent)."""
+
+    @abstractmethod
     def prop_set(self, path: str, name: str, value: str) -> None: ...
 
     @abstractmethod

@@ -148,6 +148,18 @@ class SQLiteStore(StateStore):
                                     (path,)).fetchall()
         return {n: v for n, v in rows}
 
+    def props_tree(self, path: str, depth: int = 1) -> dict[str, dict[str, str]]:
+        lo, hi = _below(path)
+        rows = self._conn().execute(
+            "SELECT path, name, value FROM props WHERE path = ? OR (path >= ? AND path < ?)",
+            (path, lo, hi)).fetchall()
+        base = path.rstrip("/").count("/")
+        out: dict[str, dict[str, str]] = {}
+        for p, n, v in rows:
+            if p.count("/") - base <= depth:
+                out.setdefault(p, {})[n] = v
+        return out
+
     def prop_set(self, path: str, name: str, value: str) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO props (path, name, value) VALUES (?,?,?)",

@@ -1,0 +1,47 @@
+"""cheroot runner for the gateway.
+
+Sized for many clients: idle keep-alive sockets are parked in cheroot's
+selector (they hold no worker thread), 64 worker threads serve active
+requests, a listen backlog of 1024 absorbs bursts and a 60 s socket timeout
+drops dead peers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from cheroot import wsgi
+
+from fedgate.config import Config
+
+log = logging.getLogger(__name__)
+
+THREADS = 64
+BACKLOG = 1024
+SOCKET_TIMEOUT_S = 60
+
+
+def make_server(config: Config, app: Any, bind: tuple[str, int] | None = None) -> wsgi.Server:
+    host, port = bind or config.listen.webdav
+    server = wsgi.Server((host, port), app, numthreads=THREADS,
+                         request_queue_size=BACKLOG, timeout=SOCKET_TIMEOUT_S,
+                         shutdown_timeout=5, server_name="fedgate")
+    server.max_request_body_size = 0  # unlimited: PUTs stream
+    if config.listen.tls_cert and config.listen.tls_key:
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        server.ssl_adapter = BuiltinSSLAdapter(config.listen.tls_cert, config.listen.tls_key)
+    return server
+
+
+def start_in_thread(server: wsgi.Server) -> threading.Thread:
+    server.prepare()
+    t = threading.Thread(target=server.serve, name="fedgate-dav", daemon=True)
+    t.start()
+    return t
+
+
+def bound_port(server: wsgi.Server) -> int:
+    return int(server.bind_addr[1])
