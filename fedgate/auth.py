@@ -339,7 +339,7 @@ def jwks_document(public_pems: Iterable[str]) -> dict[str, Any]:
     for pem in public_pems:
         key = serialization.load_pem_public_key(pem.encode())
         jwk = json.loads(pyjwt.algorithms.get_default_algorithms()[
-            sorted(algorithms_for_key(key))[0]].to_jwk(key))  # type: ignore[arg-type]
+            sorted(algorithms_for_key(key))[0]].to_jwk(key))
         jwk["kid"] = hashlib.sha256(pem.encode()).hexdigest()[:16]
         keys.append(jwk)
     return {"keys": keys}

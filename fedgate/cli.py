@@ -55,7 +55,7 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, data_dir=getattr(args, "data_dir", None))
 
 
-# -- serve ------------------------------------------------------------------------------------
+# -- serve --------------------------------------------------------------------------------
 def _serve_dav(config: Config, announce: bool = True) -> Any:
     from fedgate.federation import Federation
     from fedgate.store import open_store
@@ -99,8 +99,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = _serve_dav(config)
     wh, wp = config.listen.webdav
     sh, sp = config.listen.staging
+    names = ", ".join(s["name"] for s in config.sites)
     lines = [f"fedgate {__version__}: {config.name}",
-             f"  WebDAV:  http://{wh}:{wp}/   (sites: {', '.join(s['name'] for s in config.sites)})"]
+             f"  WebDAV:  http://{wh}:{wp}/   (sites: {names})"]
     if _staging_available() and config.query_enabled:
         lines.append(f"  Staging: http://{sh}:{sp}/api/v1/")
     if not args.config:
@@ -155,7 +156,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- check ------------------------------------------------------------------------------------
+# -- check --------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     from adaptors import create_adaptor, errors
@@ -189,7 +190,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-# -- keys, passwords, tokens -------------------------------------------------------------------------
+# -- keys, passwords, tokens --------------------------------------------------------------
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from fedgate.auth import hash_password
 
@@ -240,9 +241,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- parser --------------------------------------------------------------------------------------------
+# -- parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--log-level", default=os.environ.get("FEDGATE_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"])
     common.add_argument("--log-format", default="text", choices=["text", "json"])

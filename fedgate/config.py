@@ -9,6 +9,7 @@ description of PROCESS D5.2 Appendix A is recognised and translated.
 from __future__ import annotations
 
 import logging
+import os
 import secrets as pysecrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -224,8 +225,9 @@ def is_lobcder(doc: Mapping[str, Any]) -> bool:
 
 def translate_lobcder(doc: dict[str, Any], data_dir: Path) -> tuple[dict[str, Any], list[str]]:
     """The LOBCDER description as a fedgate config document, plus warnings."""
+    passthrough = _TOP_KEYS - {"name", "sites", "users"}
     _check_keys(doc, {"name", "namespace", "location", "storageAdaptorContainers",
-                      "logicContainers"}, "infrastructure")
+                      "logicContainers"} | passthrough, "infrastructure")
     warnings: list[str] = []
     sites: list[Any] = []
     for i, c in enumerate(doc.get("storageAdaptorContainers") or []):
@@ -281,8 +283,10 @@ def translate_lobcder(doc: dict[str, Any], data_dir: Path) -> tuple[dict[str, An
         else:
             raise ConfigError(f"{where}.type ({_line(c, 'type')}): unknown container type "
                               f"{kind!r}")
-    out: dict[str, Any] = {"name": doc.get("name") or "fedgate", "sites": sites,
-                           "users": users}
+    out = _LineDict({k: v for k, v in doc.items() if k in passthrough})
+    out.lines = {k: v for k, v in getattr(doc, "lines", {}).items() if k in passthrough}
+    out.line = getattr(doc, "line", 0)
+    out.update({"name": doc.get("name") or "fedgate", "sites": sites, "users": users})
     if not query:
         out["_query_enabled"] = False
     return out, warnings
@@ -449,7 +453,8 @@ def demo_config(data_dir: Path) -> tuple[Config, str | None]:
         readme.write_text("Welcome to fedgate. This file lives on site-a.\n", encoding="utf-8")
     doc = {
         "name": "fedgate-demo",
-        "listen": {"webdav": "127.0.0.1:8000", "staging": "127.0.0.1:8002"},
+        "listen": {"webdav": os.environ.get("FEDGATE_DEMO_WEBDAV", "127.0.0.1:8000"),
+                   "staging": os.environ.get("FEDGATE_DEMO_STAGING", "127.0.0.1:8002")},
         "sites": [{"name": s, "type": "local", "path": str(data_dir / "sites" / s)}
                   for s in ("site-a", "site-b")],
         "users": [{"name": "demo", "password_hash": hash_file.read_text().strip()}],

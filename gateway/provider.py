@@ -8,6 +8,7 @@ from typing import Any
 
 from wsgidav.dav_error import DAVError
 from wsgidav.dav_provider import DAVProvider
+from wsgidav.util import get_rfc1123_time, parse_time_string
 
 from adaptors import errors
 from adaptors.base import BLOCK_SIZE, Adaptor, Entry
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 ChangeHook = Callable[[StateStore, str, Adaptor, str, bool], None]
 
 
-class FederatedProvider(DAVProvider):  # type: ignore[misc]
+class FederatedProvider(DAVProvider):
     def __init__(self, federation: Federation, on_change: Iterable[ChangeHook] = ()) -> None:
         super().__init__()
         self.federation = federation
@@ -39,7 +40,28 @@ class FederatedProvider(DAVProvider):  # type: ignore[misc]
         if server is not None:
             server.block_size = BLOCK_SIZE
             server.allow_propfind_infinite = False
+        if (environ.get("REQUEST_METHOD") in ("GET", "HEAD")
+                and "HTTP_IF_MODIFIED_SINCE" in environ and "HTTP_IF_NONE_MATCH" not in environ):
+            not_modified = self._not_modified(environ, start_response)
+            if not_modified is not None:
+                return not_modified
         return default_handler(environ, start_response)
+
+    def _not_modified(self, environ: dict[str, Any], start_response: Any) -> list[bytes] | None:
+        """RFC 9110 13.1.3: 304 when Last-Modified <= If-Modified-Since (wsgidav
+        only answers 304 when strictly earlier)."""
+        ims = parse_time_string(environ["HTTP_IF_MODIFIED_SINCE"])
+        if ims is None:
+            return None
+        res = self.get_resource_inst(environ["PATH_INFO"], environ)
+        if res is None or res.is_collection:
+            return None
+        last = res.get_last_modified()
+        if last is None or last > ims:
+            return None
+        start_response("304 Not Modified", [("ETag", f'"{res.get_etag()}"'),
+                                            ("Last-Modified", get_rfc1123_time(last))])
+        return [b""]
 
     # -- resolving ------------------------------------------------------------------------
     def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:

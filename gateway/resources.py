@@ -26,7 +26,8 @@ SITE_STATUS = FEDGATE_NS + "site-status"
 
 
 def _ts(entry: Entry) -> float | None:
-    return entry.mtime.timestamp() if entry.mtime is not None else None
+    """Whole seconds: HTTP dates have no fractions, so If-Modified-Since works."""
+    return float(int(entry.mtime.timestamp())) if entry.mtime is not None else None
 
 
 class _SiteMixin:
@@ -74,7 +75,7 @@ class _SiteMixin:
         return "/" + self.path.strip("/")
 
 
-class SiteCollection(_SiteMixin, DAVCollection):  # type: ignore[misc]
+class SiteCollection(_SiteMixin, DAVCollection):
     """A directory on a site (including the site root)."""
 
     def __init__(self, path: str, environ: dict[str, Any], provider: FederatedProvider,
@@ -249,7 +250,7 @@ class _UploadSink:
         pass  # commit/abort happen in end_write
 
 
-class FileResource(_SiteMixin, DAVNonCollection):  # type: ignore[misc]
+class FileResource(_SiteMixin, DAVNonCollection):
     def __init__(self, path: str, environ: dict[str, Any], provider: FederatedProvider,
                  site: str, adaptor: Adaptor, rel: str, entry: Entry,
                  exists: bool = True) -> None:
@@ -270,8 +271,8 @@ class FileResource(_SiteMixin, DAVNonCollection):  # type: ignore[misc]
     def get_etag(self) -> str | None:
         if self.entry.etag:
             return self.entry.etag
-        ts = _ts(self.entry)
-        return f"{self.entry.size:x}-{int(ts * 1e6) if ts else 0:x}"
+        ts = self.entry.mtime.timestamp() if self.entry.mtime else 0
+        return f"{self.entry.size:x}-{int(ts * 1e6):x}"
 
     def support_etag(self) -> bool:
         return True
@@ -346,7 +347,7 @@ class FileResource(_SiteMixin, DAVNonCollection):  # type: ignore[misc]
         self.provider.note_change(site, target, rel)
 
 
-class RootCollection(DAVCollection):  # type: ignore[misc]
+class RootCollection(DAVCollection):
     """``/``: one collection per site; never does I/O on the sites."""
 
     def __init__(self, environ: dict[str, Any], provider: FederatedProvider) -> None:

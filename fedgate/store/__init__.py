@@ -13,7 +13,7 @@ def open_store(url: str) -> StateStore:
         path = url[len("sqlite://"):]  # sqlite:///var/x and sqlite:////var/x: /var/x
         return SQLiteStore(path[1:] if path.startswith("//") else path)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        from fedgate.store.mongo import MongoStore  # type: ignore[import-not-found]
+        from fedgate.store.mongo import MongoStore
 
         store: StateStore = MongoStore(url)
         return store
