@@ -15,6 +15,7 @@ from adaptors.base import BLOCK_SIZE, Adaptor, Entry
 from fedgate import namespace
 from fedgate.federation import Federation
 from fedgate.store.base import StateStore
+from gateway import propfind
 from gateway.errors import to_dav_error
 from gateway.resources import FileResource, RootCollection, SiteCollection
 
@@ -40,6 +41,10 @@ class FederatedProvider(DAVProvider):
         if server is not None:
             server.block_size = BLOCK_SIZE
             server.allow_propfind_infinite = False
+        if environ.get("REQUEST_METHOD") == "PROPFIND":
+            fast = propfind.handle(self, environ, start_response)
+            if fast is not None:
+                return fast
         if (environ.get("REQUEST_METHOD") in ("GET", "HEAD")
                 and "HTTP_IF_MODIFIED_SINCE" in environ and "HTTP_IF_NONE_MATCH" not in environ):
             not_modified = self._not_modified(environ, start_response)

@@ -9,6 +9,7 @@ drops dead peers.
 from __future__ import annotations
 
 import logging
+import select
 import threading
 from typing import Any
 
@@ -21,14 +22,33 @@ log = logging.getLogger(__name__)
 THREADS = 64
 BACKLOG = 1024
 SOCKET_TIMEOUT_S = 60
+KEEPALIVE_LIMIT = 4096
 
 
-def make_server(config: Config, app: Any, bind: tuple[str, int] | None = None) -> wsgi.Server:
+class Server(wsgi.Server):  # type: ignore[misc]
+    """cheroot hands a freshly accepted connection straight to a worker thread,
+    which then blocks until the client speaks: 200 silent sockets would hold
+    every thread.  Here a connection goes to a worker only once it has data;
+    until then it waits in cheroot's selector like an idle keep-alive one."""
+
+    def process_conn(self, conn: Any) -> None:
+        if not conn.rfile.has_data():
+            try:
+                ready, _, _ = select.select([conn.socket], [], [], 0)
+            except (OSError, ValueError):
+                ready = [conn.socket]
+            if not ready:
+                self._connections.put(conn)
+                return
+        super().process_conn(conn)
+
+
+def make_server(config: Config, app: Any, bind: tuple[str, int] | None = None) -> Server:
     host, port = bind or config.listen.webdav
-    server = wsgi.Server((host, port), app, numthreads=THREADS,
-                         request_queue_size=BACKLOG, timeout=SOCKET_TIMEOUT_S,
-                         shutdown_timeout=5, server_name="fedgate")
+    server = Server((host, port), app, numthreads=THREADS, request_queue_size=BACKLOG,
+                    timeout=SOCKET_TIMEOUT_S, shutdown_timeout=5, server_name="fedgate")
     server.max_request_body_size = 0  # unlimited: PUTs stream
+    server.keep_alive_conn_limit = KEEPALIVE_LIMIT
     if config.listen.tls_cert and config.listen.tls_key:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
 

@@ -1,0 +1,132 @@
+"""Helpers shared by the benchmarks: processes, timing, RSS sampling, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            requests.options(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start_fedgate(config: dict[str, Any], workdir: Path, role: str = "serve-dav"
+                  ) -> subprocess.Popen[bytes]:
+    cfg = workdir / f"fedgate-{role}.json"
+    cfg.write_text(json.dumps(config))
+    log = open(workdir / f"fedgate-{role}.log", "ab")  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "-m", "fedgate.cli", "--log-level", "warning",
+                             role, "--config", str(cfg)], stdout=log, stderr=log)
+
+
+def start_rclone(remote: str, port: int, user: str, password: str,
+                 extra_env: dict[str, str] | None = None, rclone_conf: Path | None = None
+                 ) -> subprocess.Popen[bytes]:
+    if shutil.which("rclone") is None:
+        raise RuntimeError("rclone is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    env.update(extra_env or {})
+    args = ["rclone", "serve", "webdav", remote, "--addr", f"127.0.0.1:{port}", "--user", user,
+            "--pass", password]
+    if rclone_conf is not None:
+        args += ["--config", str(rclone_conf)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class RSSSampler:
+    """Samples a process's RSS every 20 ms; ``growth_mib`` is peak minus start."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = rss_kib(pid)
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, rss_kib(self.pid))
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    def done(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return (self.peak - self.start) / 1024
+
+
+def timed(fn: Callable[[], Any], repeat: int = 3) -> float:
+    """Median wall time of ``repeat`` runs."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def curl(*args: str) -> None:
+    subprocess.run(["curl", "-sS", "-f", "--http1.1", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    out = [f"### {title}", "",
+           "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for r in cells[1:]:
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    return "\n".join(out)
+
+
+def machine() -> str:
+    import platform
+
+    return f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})"
