@@ -14,7 +14,6 @@ import argparse
 import concurrent.futures as cf
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import (  # noqa: E402
+from bench.common import (
     RSSSampler,
     curl,
     free_port,
@@ -35,7 +34,7 @@ from bench.common import (  # noqa: E402
     timed,
     wait_http,
 )
-from fedgate.auth import hash_password  # noqa: E402
+from fedgate.auth import hash_password
 
 USER, PW = "bench", "bench-password"
 
@@ -116,10 +115,11 @@ def run(size_mib: int, files: int) -> str:
         for name, (url, proc) in servers.items():
             r: dict[str, float] = {}
             auth = ["-u", f"{USER}:{PW}"]
-            r["get"] = timed(lambda url=url: curl(*auth, "-o", "/dev/null", url + "/big.bin"))
-            r["put"] = timed(lambda url=url: curl(*auth, "-T", str(upload),
+            r["get"] = timed(lambda url=url, auth=auth: curl(*auth, "-o", "/dev/null",
+                                                             url + "/big.bin"))
+            r["put"] = timed(lambda url=url, auth=auth: curl(*auth, "-T", str(upload),
                                                   url + "/up.bin"))
-            r["propfind"] = timed(lambda url=url: curl(
+            r["propfind"] = timed(lambda url=url, auth=auth: curl(
                 *auth, "-X", "PROPFIND", "-H", "Depth: 1", "-o", "/dev/null", url + "/many/"))
             s = RSSSampler(proc.pid)
             curl(*auth, "-o", "/dev/null", url + "/big.bin")

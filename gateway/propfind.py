@@ -20,6 +20,8 @@ from urllib.parse import quote
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape
 
+from defusedxml.ElementTree import fromstring as safe_fromstring
+
 from adaptors.base import Entry
 from gateway.resources import FEDGATE_NS, FileResource, RootCollection, SiteCollection
 
@@ -44,8 +46,8 @@ def parse_request(body: bytes) -> list[str] | None:
     if not body.strip():
         return None
     try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
+        root = safe_fromstring(body)
+    except (ET.ParseError, ValueError) as exc:
         raise Unsupported from exc
     if root.tag != DAV + "propfind" or len(root) != 1:
         raise Unsupported

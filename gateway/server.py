@@ -25,7 +25,7 @@ SOCKET_TIMEOUT_S = 60
 KEEPALIVE_LIMIT = 4096
 
 
-class Server(wsgi.Server):  # type: ignore[misc]
+class Server(wsgi.Server):
     """cheroot hands a freshly accepted connection straight to a worker thread,
     which then blocks until the client speaks: 200 silent sockets would hold
     every thread.  Here a connection goes to a worker only once it has data;
@@ -38,7 +38,7 @@ class Server(wsgi.Server):  # type: ignore[misc]
             except (OSError, ValueError):
                 ready = [conn.socket]
             if not ready:
-                self._connections.put(conn)
+                self._connections.put(conn)  # type: ignore[attr-defined]
                 return
         super().process_conn(conn)
 
