@@ -46,14 +46,38 @@ def raw(gw, method: str, path: str, headers: dict | None = None, body: bytes | N
     return r.status, data
 
 
+@pytest.fixture(scope="module")
+def paths_gw(tmp_path_factory):
+    from fedgate.config import build_config
+    from fedgate.federation import Federation
+    from fedgate.store import open_store
+    from gateway.app import build_app
+    from gateway.server import make_server, start_in_thread
+    from tests.conftest import Gateway, base_doc, free_port
+
+    tmp_path = tmp_path_factory.mktemp("paths")
+    (tmp_path / "site-a").mkdir()
+    port = free_port()
+    cfg = build_config(base_doc([{"name": "site-a", "type": "local",
+                                  "path": str(tmp_path / "site-a")}]),
+                       data_dir=tmp_path_factory.mktemp("paths-data"))
+    fed = Federation(cfg, open_store(cfg.state))
+    server = make_server(cfg, build_app(fed), ("127.0.0.1", port))
+    start_in_thread(server)
+    gw = Gateway(f"http://127.0.0.1:{port}", cfg, fed, server, port)
+    yield gw, tmp_path
+    gw.stop()
+
+
 @pytest.fixture
-def sandbox(gateway, tmp_path):
+def sandbox(paths_gw):
+    gateway, tmp_path = paths_gw
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"TOP-SECRET-OUTSIDE")
-    (tmp_path / "site-a" / "sub").mkdir()
-    before = sorted(str(p) for p in tmp_path.rglob("*") if "gw-data" not in str(p))
+    (tmp_path / "site-a" / "sub").mkdir(exist_ok=True)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
     yield gateway, tmp_path, before
-    after = sorted(str(p) for p in tmp_path.rglob("*") if "gw-data" not in str(p))
+    after = sorted(str(p) for p in tmp_path.rglob("*"))
     assert after == before, "something was written"
     assert outside.read_bytes() == b"TOP-SECRET-OUTSIDE"
 
@@ -85,6 +109,6 @@ def test_traversal_in_destination(sandbox, method, dest):
         os.unlink(src)
 
 
-def test_unknown_site_404(gateway):
-    status, _ = raw(gateway, "GET", "/no-such-site/file")
+def test_unknown_site_404(paths_gw):
+    status, _ = raw(paths_gw[0], "GET", "/no-such-site/file")
     assert status == 404
