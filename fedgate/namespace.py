@@ -30,12 +30,16 @@ def _check_segment(seg: str) -> None:
             raise PathError("percent-encoded traversal in path segment")
 
 
+#: names the gateway keeps for itself (health probes live under /.well-known/)
+RESERVED_SITE_NAMES = {".well-known"}
+
+
 def valid_site_name(name: str) -> bool:
     try:
         _check_segment(name)
     except PathError:
         return False
-    return "/" not in name
+    return "/" not in name and name not in RESERVED_SITE_NAMES
 
 
 def decode_wsgi_path(raw: str) -> str:

@@ -52,4 +52,13 @@ def build_app(federation: Federation) -> GatewayMiddleware:
     wlog = logging.getLogger("wsgidav")  # let wsgidav's errors reach our handlers
     wlog.propagate = True
     wlog.setLevel(max(logging.WARNING, logging.getLogger().level))
-    return GatewayMiddleware(dav, Authenticator(cfg.users, cfg.jwt), Authorizer(cfg.permissions))
+
+    def ready() -> str | None:
+        try:
+            federation.store.ping()
+        except Exception as exc:  # any store failure means not ready
+            return f"state store unavailable: {exc.__class__.__name__}"
+        return None
+
+    return GatewayMiddleware(dav, Authenticator(cfg.users, cfg.jwt), Authorizer(cfg.permissions),
+                             ready)

@@ -27,6 +27,7 @@ access_log = logging.getLogger("fedgate.access")
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
+HEALTH_PREFIX = "/.well-known/fedgate/"
 READ_METHODS = {"GET", "HEAD", "PROPFIND", "OPTIONS"}
 _CHALLENGES = [("WWW-Authenticate", 'Basic realm="fedgate", charset="UTF-8"'),
                ("WWW-Authenticate", 'Bearer realm="fedgate"')]
@@ -72,10 +73,23 @@ class _Logged:
 
 class GatewayMiddleware:
     def __init__(self, app: WSGIApp, authenticator: Authenticator, authorizer: Authorizer,
-                 mount_path: str = "") -> None:
+                 ready: Callable[[], str | None] | None = None) -> None:
         self.app = app
         self.authn = authenticator
         self.authz = authorizer
+        self.ready = ready
+
+    def _health(self, which: str, start_response: StartResponse) -> list[bytes]:
+        """Unauthenticated probes for orchestrators: ``healthz`` (the process
+        answers) and ``readyz`` (the state store answers)."""
+        if which == "healthz":
+            return _plain(start_response, "200 OK", "ok")
+        if which == "readyz":
+            problem = self.ready() if self.ready else None
+            if problem:
+                return _plain(start_response, "503 Service Unavailable", problem)
+            return _plain(start_response, "200 OK", "ready")
+        return _plain(start_response, "404 Not Found", "not found")
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         t0 = time.monotonic()
@@ -95,6 +109,9 @@ class GatewayMiddleware:
 
     def _handle(self, environ: dict[str, Any], start_response: StartResponse,
                 method: str) -> Any:
+        raw_path = environ.get("PATH_INFO", "")
+        if raw_path.startswith(HEALTH_PREFIX) and method in ("GET", "HEAD"):
+            return self._health(raw_path[len(HEALTH_PREFIX):], start_response)
         # 1. path rules
         try:
             path = normalize(decode_wsgi_path(environ.get("PATH_INFO", "") or "/"))

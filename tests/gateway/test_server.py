@@ -119,3 +119,12 @@ def test_jwks_url_tokens(start_gateway, local_site, jwt_keys):
             "Depth": "0", "Authorization": f"Bearer {bad}"}).status_code == 401
     finally:
         srv.shutdown()
+
+
+def test_health_probes_need_no_auth(gateway):
+    r = requests.get(gateway.url + "/.well-known/fedgate/healthz")
+    assert r.status_code == 200 and r.text.strip() == "ok"
+    r = requests.get(gateway.url + "/.well-known/fedgate/readyz")
+    assert r.status_code == 200
+    assert requests.get(gateway.url + "/.well-known/fedgate/other").status_code == 404
+    assert requests.get(gateway.url + "/.well-known/other").status_code == 401
