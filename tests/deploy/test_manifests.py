@@ -300,6 +300,16 @@ def compose() -> dict[str, Any]:
 FEDGATE_SERVICES = {"gateway": "serve-dav", "staging": "serve-staging", "worker": "worker"}
 
 
+def test_compose_file_matches_the_compose_spec() -> None:
+    """The Compose Specification's JSON schema (vendored by check-jsonschema)."""
+    pytest.importorskip("check_jsonschema",
+                        reason="check-jsonschema is not installed (test extra)")
+    proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
+                           "vendor.compose-spec", str(COMPOSE)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_compose_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert {"gateway", "staging", "worker", "mongo", "sftp", "s3", "s3-bucket"} <= \
