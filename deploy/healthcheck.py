@@ -8,7 +8,7 @@
 Ports come from ``listen`` in the config file (defaults 8000 and 8002), and a
 wildcard bind address is probed on loopback.
 
-- dav: ``OPTIONS /`` answers 2xx (the gateway answers OPTIONS without
+- dav: ``GET /.well-known/fedgate/healthz`` (or ``readyz``) answers 200 (no
   credentials; ``GET /`` needs them).
 - staging: ``GET /healthz`` answers 200; with ``--ready``, ``GET /readyz``.
 - worker: PID 1 is running; with ``--ready``, the state store answers a ping.
@@ -108,11 +108,12 @@ def http_status(host: str, port: int, tls: bool, method: str, path: str) -> int:
     return status
 
 
-def check_dav(doc: dict[str, Any]) -> str:
+def check_dav(doc: dict[str, Any], ready: bool = False) -> str:
     host, port, tls = endpoint(doc, "webdav")
-    status = http_status(host, port, tls, "OPTIONS", "/")
-    if not 200 <= status < 300:
-        raise Unhealthy(f"OPTIONS / on {host}:{port} answered {status}")
+    path = "/.well-known/fedgate/" + ("readyz" if ready else "healthz")
+    status = http_status(host, port, tls, "GET", path)
+    if status != 200:
+        raise Unhealthy(f"GET {path} on {host}:{port} answered {status}")
     return f"dav ok ({host}:{port})"
 
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         doc = read_config(config) if Path(config).exists() or role != "worker" else {}
         if role == "dav":
-            print(check_dav(doc))
+            print(check_dav(doc, args.ready))
         elif role == "staging":
             print(check_staging(doc, args.ready))
         elif role == "worker":

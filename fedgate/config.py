@@ -345,7 +345,7 @@ def build_config(doc: dict[str, Any], *, base: Path | None = None, source: Path 
             _check_keys(tls, {"cert", "key"}, "listen.tls")
             cfg.listen.tls_cert = _typed(tls, "cert", str, "listen.tls", required=True)
             cfg.listen.tls_key = _typed(tls, "key", str, "listen.tls", required=True)
-    cfg.state = _typed(doc, "state", str, "config", f"sqlite:///{cfg.data_dir / 'state.db'}")
+    cfg.state = _secret(doc, "state", "config", base) or f"sqlite:///{cfg.data_dir / 'state.db'}"
     if not cfg.state.startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
         raise ConfigError(f"config.state ({_line(doc, 'state')}): expected sqlite:///PATH or "
                           "mongodb://...")

@@ -171,8 +171,9 @@ def test_k8s_probe_endpoints() -> None:
     assert st["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert _container_port(st, st["readinessProbe"]["httpGet"]["port"]) == 8002
     (dav,) = deployments["fedgate-dav"]["spec"]["template"]["spec"]["containers"]
-    assert _container_port(dav, dav["livenessProbe"]["tcpSocket"]["port"]) == 8000
-    assert dav["readinessProbe"]["exec"]["command"] == ["fedgate-healthcheck", "dav"]
+    assert dav["livenessProbe"]["httpGet"]["path"] == "/.well-known/fedgate/healthz"
+    assert dav["readinessProbe"]["httpGet"]["path"] == "/.well-known/fedgate/readyz"
+    assert _container_port(dav, dav["readinessProbe"]["httpGet"]["port"]) == 8000
     (wk,) = deployments["fedgate-worker"]["spec"]["template"]["spec"]["containers"]
     assert wk["readinessProbe"]["exec"]["command"][:2] == ["fedgate-healthcheck", "worker"]
     assert "ports" not in wk
