@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import threading
@@ -128,9 +129,38 @@ def config(tmp_path: Path, jwt_keys: tuple[bytes, str]) -> Config:
     return make_config(tmp_path, jwt_keys[1])
 
 
+class BlockingLog(logging.Handler):
+    """Collects logged BlockingErrors (raised in background tasks or handlers)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "BlockingError":
+            self.hits.append(f"{record.getMessage()}: {exc}")
+
+
 @pytest.fixture
-def server(config: Config, blockbuster: Any) -> Iterator[StagingServer]:
-    srv = StagingServer(config).start()
+def blocking_log() -> Iterator[BlockingLog]:
+    h = BlockingLog()
+    logging.getLogger().addHandler(h)
+    try:
+        yield h
+    finally:
+        logging.getLogger().removeHandler(h)
+    assert not h.hits, f"blocking calls on the event loop: {h.hits}"
+
+
+def start_server(config: Config, workers: bool = True) -> StagingServer:
+    return StagingServer(config, workers).start()
+
+
+@pytest.fixture
+def server(config: Config, blockbuster: Any, blocking_log: BlockingLog,
+           ) -> Iterator[StagingServer]:
+    srv = start_server(config)
     try:
         yield srv
     finally:
