@@ -244,6 +244,9 @@ class WebhookDispatcher:
             state, next_at = "pending", time.time() + next_delay(attempt)
         if self.on_attempt is not None:
             self.on_attempt("delivered" if ok else "failed")
+        if next_at is not None:  # wake up for the retry rather than at the next poll
+            asyncio.get_running_loop().call_later(max(0.0, next_at - time.time()) + 0.02,
+                                                  self.wake.set)
         try:
             await asyncio.to_thread(self.store.webhook_record, doc["id"], self.owner,
                                     delivery, state, next_at)
