@@ -243,7 +243,7 @@ class Receiver:
                 self.end_headers()
                 receiver.event.set()
 
-            do_POST = do_PUT = do_PATCH = do_GET = _handle  # noqa: N815
+            do_POST = do_PUT = do_PATCH = do_GET = _handle
 
             def log_message(self, *args: Any) -> None:
                 pass
