@@ -112,7 +112,7 @@ def follow(client: Client, job_id: str, interval: float = 0.5) -> dict[str, Any]
             sys.stderr.write("\r" + progress_line(job) + "\x1b[K")
             sys.stderr.flush()
         if job["status"] in TERMINAL:
-            sys.stderr.write(("\n" if tty else progress_line(job) + "\n"))
+            sys.stderr.write("\n" if tty else progress_line(job) + "\n")
             return dict(job)
         time.sleep(interval)
 
