@@ -242,7 +242,7 @@ def _wrap(fn: Any) -> Any:
     return run
 
 
-def add_client_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``find``, ``ls``, ``cp``, ``jobs`` and ``cancel`` to a CLI."""
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("staging API connection")
