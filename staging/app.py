@@ -28,7 +28,7 @@ from staging.metrics import Metrics, metrics_middleware
 from staging.services import SERVICES, Services
 from staging.views import routes
 from staging.webhooks import WebhookDispatcher, load_secrets
-from staging.worker import WorkerPool
+from staging.worker import WorkerPool, drain
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,12 @@ _TASKS: web.AppKey[list[asyncio.Task[Any]]] = web.AppKey("tasks", list)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
-async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
-    # store and adaptor calls run in threads; give them more than the default few
-    executor = ThreadPoolExecutor(max_workers=48, thread_name_prefix="staging-io")
-    asyncio.get_running_loop().set_default_executor(executor)
-    yield
-    await asyncio.to_thread(executor.shutdown, wait=False, cancel_futures=True)
-
-
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    loop = asyncio.get_running_loop()
+    # store and adaptor calls run in threads; give them more than the default few
+    executor = ThreadPoolExecutor(max_workers=48, thread_name_prefix="staging-io")
+    loop.set_default_executor(executor)
     store = await asyncio.to_thread(open_store, config.state)
     federation = await asyncio.to_thread(Federation, config, store)
     authn = await asyncio.to_thread(Authenticator, config.users, config.jwt)
@@ -61,8 +57,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     for t in app[_TASKS]:
         t.cancel()
     await asyncio.gather(*app[_TASKS], return_exceptions=True)
-    await asyncio.to_thread(federation.close)
-    await asyncio.to_thread(store.close)
+    await drain(loop, executor, federation.close, store.close)
 
 
 async def _catalogue_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -105,7 +100,6 @@ def init_app(config: Config, *, workers: bool = True) -> web.Application:
                           middlewares=[metrics_middleware(metrics), error_middleware])
     app[CONFIG] = config
     app[METRICS] = metrics
-    app.cleanup_ctx.append(_executor_ctx)
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_catalogue_ctx)
     if workers:

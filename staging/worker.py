@@ -150,10 +150,24 @@ class WorkerPool:
                 await asyncio.to_thread(self.store.job_update, job_id, self.owner, {}, 0.0)
 
 
+async def drain(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor,
+                 *closers: Any) -> None:
+    """Wait for every thread still running a store/adaptor call, then close things
+    (closing a SQLite connection under a running call would crash the process)."""
+    helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-close")
+    try:
+        await loop.run_in_executor(helper, executor.shutdown, True)
+        for close in closers:
+            await loop.run_in_executor(helper, close)
+    finally:
+        helper.shutdown(wait=False)
+
+
 async def serve_worker(config: Config, stop: asyncio.Event) -> None:
     """The worker role: transfer workers plus webhook delivery, until ``stop``."""
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="io"))
+    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="io")
+    loop.set_default_executor(executor)
     store = await asyncio.to_thread(open_store, config.state)
     federation = await asyncio.to_thread(Federation, config, store)
     secrets = await asyncio.to_thread(load_secrets, config)
@@ -169,8 +183,7 @@ async def serve_worker(config: Config, stop: asyncio.Event) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await pool.close()
         await dispatcher.close()
-        await asyncio.to_thread(federation.close)
-        await asyncio.to_thread(store.close)
+        await drain(loop, executor, federation.close, store.close)
 
 
 def run_worker(config: Config) -> None:
