@@ -20,11 +20,15 @@ from tests.staging.conftest import PASSWORD, free_port, make_doc
 SIZE = int(os.environ.get("FEDGATE_TEST_CRASH_SIZE", str(1024 ** 3)))  # 1 GiB
 
 
-def _start(cfg_path: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+def _spawn(module: str, cfg_path: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "FEDGATE_JOB_LEASE_S": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "staging", "--config", str(cfg_path)],
+    return subprocess.Popen([sys.executable, "-m", module, "--config", str(cfg_path), *extra],
                             env=env, stdout=subprocess.DEVNULL,
                             stderr=open(log, "ab"))  # noqa: SIM115
+
+
+def _start(cfg_path: Path, url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    proc = _spawn("staging", cfg_path, log, *extra)
     end = time.time() + 30
     while time.time() < end:
         try:
@@ -101,9 +105,67 @@ def test_sigkill_mid_copy(tmp_path, jwt_keys, receiver):
         jobs = requests.get(url + "/api/v1/copy", auth=auth, timeout=10).json()
         assert [j["id"] for j in jobs] == ["crash-1"]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_api_and_two_worker_processes(tmp_path, jwt_keys, receiver):
+    """serve-staging without workers + two `fedgate worker` processes on one store:
+    every job runs once, every webhook is sent once; a killed worker's job is
+    taken over by the other."""
+    port = free_port()
+    doc = make_doc(tmp_path, jwt_keys[1], port)
+    doc["data_dir"] = str(tmp_path / "data")
+    cfg_path = tmp_path / "fedgate.json"
+    cfg_path.write_text(json.dumps(doc))
+    url = f"http://127.0.0.1:{port}"
+    a = tmp_path / "sites" / "site-a"
+    for i in range(12):
+        (a / f"f{i}").write_bytes(os.urandom(256 * 1024))
+    with open(a / "slow.bin", "wb") as fh:
+        fh.truncate(768 * 1024 ** 2)  # sparse; long enough to kill its worker mid-way
+    log = tmp_path / "procs.log"
+    api = _start(cfg_path, url, log, "--no-workers")
+    workers = [_spawn("staging.worker", cfg_path, log) for _ in range(2)]
+    auth = ("alice", PASSWORD)
+    try:
+        body = [{"id": "slow", "from": "site-a:/slow.bin", "to": "site-b:/slow.bin",
+                 "webhook": receiver.url}]
+        body += [{"id": f"j{i}", "from": f"site-a:/f{i}", "to": f"site-b:/f{i}",
+                  "webhook": receiver.url} for i in range(12)]
+        assert requests.post(url + "/api/v1/copy", auth=auth, data=json.dumps(body),
+                             timeout=10).status_code == 202
+        end = time.time() + 30
+        while requests.get(url + "/api/v1/copy/slow", auth=auth,
+                           timeout=10).json()["bytes_done"] == 0:
+            assert time.time() < end
+            time.sleep(0.05)
+        workers[0].kill()  # one of them holds "slow" (or not: then nothing changes)
+        workers[0].wait(10)
+        end = time.time() + 90
+        while True:
+            jobs = requests.get(url + "/api/v1/copy?limit=100", auth=auth, timeout=10).json()
+            if all(j["status"] == "succeeded" for j in jobs):
+                break
+            assert not [j for j in jobs if j["status"] in ("failed", "cancelled")], jobs
+            assert time.time() < end, [(j["id"], j["status"]) for j in jobs]
+            time.sleep(0.2)
+        hooks = receiver.wait_for(13)
+        time.sleep(1)
+        ids = [json.loads(h["body"])["id"] for h in receiver.requests]
+        assert sorted(ids) == sorted(["slow"] + [f"j{i}" for i in range(12)])
+        for i in range(12):
+            assert (tmp_path / "sites" / "site-b" / f"f{i}").read_bytes() == (
+                a / f"f{i}").read_bytes()
+        assert len(hooks) == 13
+    finally:
+        for p in [api, *workers]:
+            _stop(p)
