@@ -24,7 +24,7 @@ def _spawn(module: str, cfg_path: Path, log: Path, *extra: str) -> subprocess.Po
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "FEDGATE_JOB_LEASE_S": "2"}
     return subprocess.Popen([sys.executable, "-m", module, "--config", str(cfg_path), *extra],
                             env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(log, "ab"))  # noqa: SIM115
+                            stderr=open(log, "ab"))
 
 
 def _start(cfg_path: Path, url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
