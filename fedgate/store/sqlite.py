@@ -429,6 +429,10 @@ class SQLiteStore(StateStore):
         if glob is not None:
             where.append("basename GLOB ?")
             args.append(glob)
+            literal = _glob_prefix(glob)
+            if literal and ord(literal[-1]) < 0x10FFFF:  # the basename index narrows the scan
+                where.append("basename >= ? AND basename < ?")
+                args += [literal, literal[:-1] + chr(ord(literal[-1]) + 1)]
         if path is not None:
             where.append("path = ?")
             args.append(path)
@@ -471,3 +475,13 @@ class SQLiteStore(StateStore):
             row = self._conn().execute("SELECT COUNT(*) FROM catalogue WHERE site=?",
                                        (site,)).fetchone()
         return int(row[0])
+
+
+def _glob_prefix(glob: str) -> str:
+    """The literal text before the first wildcard of a GLOB pattern."""
+    out = []
+    for ch in glob:
+        if ch in "*?[":
+            break
+        out.append(ch)
+    return "".join(out)

@@ -100,6 +100,8 @@ def test_leases_and_catalogue(tmp_path):
     assert len(store.catalogue_find(name="f")) == 2
     assert [r["path"] for r in store.catalogue_find(glob="[ef]", site="a")] == [
         "/d/f", "/d/g/f", "/e"]
+    assert [r["path"] for r in store.catalogue_find(glob="e*")] == ["/e"]
+    assert [r["path"] for r in store.catalogue_find(glob="f?")] == []
     assert store.catalogue_delete("a", "/d") == 2
     store.catalogue_set_stale("a", True)
     assert store.catalogue_find(path="/e")[0]["stale"] is True
