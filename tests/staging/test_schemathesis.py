@@ -19,9 +19,20 @@ AUTH = {"Authorization": "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode(
 EXAMPLES = 20
 
 
-def test_openapi_conformance(server, config):
+def test_openapi_conformance(server, config, api, receiver):
     (site_dir(config, "site-a") / "UC1").mkdir()
     (site_dir(config, "site-a") / "UC1" / "data.bin").write_bytes(b"d" * 100)
+    # real documents of every kind for the list/get answers to be checked against
+    receiver.statuses = [500]
+    api.post("/api/v1/copy", [
+        {"id": "ok", "from": "site-a:/UC1/data.bin", "to": "site-b:/data.bin",
+         "webhook": receiver.url},
+        {"id": "bad", "from": "site-a:/missing", "to": "site-b:/m"},
+        {"id": "tree", "from": "site-a:/UC1", "to": "site-b:/UC1", "recursive": True}])
+    for j in ("ok", "bad", "tree"):
+        api.wait(j)
+    receiver.wait_for(2)
+    api.post("/api/v1/refresh")
     schema = schemathesis.openapi.from_url(server.url + "/api/v1/openapi.json")
     operations = [r.ok() for r in schema.get_all_operations()]
     assert len(operations) >= 12
