@@ -268,8 +268,8 @@ class SQLiteStore(StateStore):
         return {s: n for s, n in rows.fetchall()}
 
     def job_claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
-        now = time.time()
         with self._tx() as db:
+            now = time.time()  # after taking the write lock
             row = db.execute(
                 "SELECT doc FROM jobs WHERE status='queued' OR (status='running' AND "
                 "lease_until < ?) ORDER BY created_at LIMIT 1", (now,)).fetchone()
@@ -334,8 +334,8 @@ class SQLiteStore(StateStore):
         return doc
 
     def webhook_claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
-        now = time.time()
         with self._tx() as db:
+            now = time.time()
             row = db.execute(
                 "SELECT doc FROM jobs WHERE wh_state='pending' AND wh_next <= ? AND "
                 "(wh_lease IS NULL OR wh_lease < ?) ORDER BY wh_next LIMIT 1",
@@ -361,8 +361,8 @@ class SQLiteStore(StateStore):
 
     # -- leases --------------------------------------------------------------------------
     def lease_acquire(self, name: str, owner: str, ttl_s: float) -> bool:
-        now = time.time()
         with self._tx() as db:
+            now = time.time()
             db.execute("INSERT INTO leases (name, owner, until) VALUES (?,?,?) "
                        "ON CONFLICT(name) DO UPDATE SET owner=excluded.owner, "
                        "until=excluded.until WHERE leases.until < ? OR leases.owner = "
@@ -386,11 +386,12 @@ class SQLiteStore(StateStore):
                 "stale": bool(stale)}
 
     def catalogue_upsert(self, site: str, entries: list[dict[str, Any]]) -> None:
-        now = time.time()
-        rows = [(site, e["path"], e["basename"], 1 if e["is_dir"] else 0, int(e["size"] or 0),
-                 e.get("mtime"), json.dumps(e["checksum"]) if e.get("checksum") else None,
-                 now) for e in entries]
         with self._tx() as db:
+            now = time.time()  # "seen" after the lock: a crawl's prune compares with it
+            rows = [(site, e["path"], e["basename"], 1 if e["is_dir"] else 0,
+                     int(e["size"] or 0), e.get("mtime"),
+                     json.dumps(e["checksum"]) if e.get("checksum") else None, now)
+                    for e in entries]
             db.executemany(f"INSERT OR REPLACE INTO catalogue ({self._CAT_COLS}) "  # noqa: S608
                            "VALUES (?,?,?,?,?,?,?,?,0)", rows)
 
