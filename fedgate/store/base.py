@@ -143,7 +143,9 @@ class StateStore(ABC):
                    lease_s: float | None = None) -> dict[str, Any] | None:
         """Set top-level ``fields`` (and renew the lease when ``lease_s``) only if the
         job is ``running`` and owned by ``owner``.  Returns the updated doc (the
-        caller reads ``cancel_requested`` from it) or None when the lease was lost."""
+        caller reads ``cancel_requested`` from it) or None when the lease was lost.
+        Mongo: ``find_one_and_update({_id, status: "running", owner}, {$set},
+        return_document=AFTER)``."""
         raise NotImplementedError
 
     def job_finish(self, job_id: str, owner: str, status: str, fields: dict[str, Any],
@@ -152,31 +154,39 @@ class StateStore(ABC):
         clearing the lease; if the job has a webhook, its delivery becomes due now
         (``webhook.state = "pending"``, ``webhook.next_at = now``) in the same
         update.  Returns the doc, or None if the job was not ours (so a job is
-        never finished twice)."""
+        never finished twice).  Mongo: ``find_one_and_update({_id, status:
+        "running", owner}, [pipeline $set with $cond on webhook])``."""
         raise NotImplementedError
 
     def job_cancel(self, job_id: str) -> dict[str, Any] | None:
         """``queued`` -> ``cancelled`` (webhook due); ``running`` -> sets
         ``cancel_requested`` (the owning worker stops and finishes it); terminal:
-        unchanged.  Returns the doc after the change, None if there is no job."""
+        unchanged.  Returns the doc after the change, None if there is no job.
+        Mongo: ``find_one_and_update({_id, status: "queued"}, ...)``, else
+        ``find_one_and_update({_id, status: "running"}, {$set: {cancel_requested:
+        true}})``, else ``find_one`` (each step atomic; the order makes it safe)."""
         raise NotImplementedError
 
     # -- webhook deliveries (kept inside the job document) ----------------------------------
     def webhook_claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
         """Take a job whose webhook is ``pending`` with ``next_at <= now`` and no live
-        delivery lease; set ``webhook.owner``/``webhook.lease_until``."""
+        delivery lease; set ``webhook.owner``/``webhook.lease_until``.  Mongo: one
+        ``find_one_and_update`` sorted by ``webhook.next_at``."""
         raise NotImplementedError
 
     def webhook_record(self, job_id: str, owner: str, delivery: dict[str, Any],
                        state: str, next_at: float | None) -> dict[str, Any] | None:
         """Append ``delivery`` to ``webhook.deliveries`` and set ``webhook.state``
         (``pending``/``delivered``/``failed``) and ``next_at``, releasing the
-        delivery lease, only if ``owner`` holds it.  Returns the doc or None."""
+        delivery lease, only if ``owner`` holds it.  Returns the doc or None.
+        Mongo: ``find_one_and_update({_id, "webhook.owner": owner}, {$push, $set})``."""
         raise NotImplementedError
 
     # -- leases (singleton tasks such as a site crawl) -----------------------------------------
     def lease_acquire(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take or renew the named lease if it is free, expired or already ours."""
+        """Take or renew the named lease if it is free, expired or already ours.
+        Mongo: ``update_one({_id, $or: [{until < now}, {owner}]}, {$set},
+        upsert=True)``; a DuplicateKeyError means someone else holds it."""
         raise NotImplementedError
 
     def lease_release(self, name: str, owner: str) -> None:
@@ -191,7 +201,8 @@ class StateStore(ABC):
         raise NotImplementedError
 
     def catalogue_delete(self, site: str, path: str, recursive: bool = True) -> int:
-        """Remove the entry at ``path`` (and with ``recursive`` everything below)."""
+        """Remove the entry at ``path`` (and with ``recursive`` everything below).
+        Mongo: ``delete_many`` on ``site`` and ``path`` (equal or prefix + "/")."""
         raise NotImplementedError
 
     def catalogue_prune(self, site: str, seen_before: float, under: str = "/") -> int:
