@@ -158,14 +158,32 @@ def test_api_and_two_worker_processes(tmp_path, jwt_keys, receiver):
             assert not [j for j in jobs if j["status"] in ("failed", "cancelled")], jobs
             assert time.time() < end, [(j["id"], j["status"]) for j in jobs]
             time.sleep(0.2)
-        hooks = receiver.wait_for(13)
+        # a cancel answered by the API process stops a copy run by a worker process
+        assert requests.post(url + "/api/v1/copy", auth=auth, timeout=10, data=json.dumps(
+            {"id": "c", "from": "site-a:/slow.bin", "to": "site-b:/c.bin",
+             "webhook": receiver.url})).status_code == 202
+        end = time.time() + 30
+        while requests.get(url + "/api/v1/copy/c", auth=auth,
+                           timeout=10).json()["bytes_done"] == 0:
+            assert time.time() < end
+            time.sleep(0.02)
+        t0 = time.time()
+        r = requests.delete(url + "/api/v1/copy/c", auth=auth, timeout=10)
+        assert r.status_code == 202 and r.json()["cancel_requested"]
+        while (st := requests.get(url + "/api/v1/copy/c", auth=auth,
+                                  timeout=10).json())["status"] == "running":
+            assert time.time() - t0 < 5
+            time.sleep(0.05)
+        assert st["status"] == "cancelled"
+        assert not (tmp_path / "sites" / "site-b" / "c.bin").exists()
+        hooks = receiver.wait_for(14)
         time.sleep(1)
         ids = [json.loads(h["body"])["id"] for h in receiver.requests]
-        assert sorted(ids) == sorted(["slow"] + [f"j{i}" for i in range(12)])
+        assert sorted(ids) == sorted(["c", "slow"] + [f"j{i}" for i in range(12)])
         for i in range(12):
             assert (tmp_path / "sites" / "site-b" / f"f{i}").read_bytes() == (
                 a / f"f{i}").read_bytes()
-        assert len(hooks) == 13
+        assert len(hooks) == 14
     finally:
         for p in [api, *workers]:
             _stop(p)
