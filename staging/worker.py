@@ -32,8 +32,9 @@ HEARTBEAT_S = 0.5
 
 
 class WorkerPool:
-    """Runs up to ``transfers.workers`` jobs at once in this process, at most
-    ``transfers.per_site_concurrency`` per site."""
+    """Runs up to ``transfers.workers`` jobs at once in this process, and at most
+    ``transfers.per_site_concurrency`` per site across ALL worker processes
+    (site slots are leases in the shared store)."""
 
     def __init__(self, config: Config, store: StateStore, federation: Federation,
                  wake: asyncio.Event | None = None,
@@ -44,7 +45,7 @@ class WorkerPool:
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
         self.slots = max(1, int(config.transfers.workers))
         self.per_site = max(1, int(config.transfers.per_site_concurrency))
-        self.site_sems: dict[str, asyncio.Semaphore] = {}
+        self.slot_freed = asyncio.Event()
         self.wake = wake or asyncio.Event()
         self.on_finish = on_finish
         self.running: dict[str, JobControl] = {}
@@ -82,9 +83,39 @@ class WorkerPool:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    def _sems(self, doc: dict[str, Any]) -> list[asyncio.Semaphore]:
-        sites = sorted({doc["from"].partition(":")[0], doc["to"].partition(":")[0]})
-        return [self.site_sems.setdefault(s, asyncio.Semaphore(self.per_site)) for s in sites]
+    @staticmethod
+    def _sites(doc: dict[str, Any]) -> list[str]:
+        return sorted({doc["from"].partition(":")[0], doc["to"].partition(":")[0]})
+
+    async def _acquire_slots(self, doc: dict[str, Any], ctl: JobControl,
+                             held: list[str]) -> None:
+        """Take one of the ``per_site_concurrency`` slots of each site the job
+        touches.  Slots are leases in the store, so the limit holds across every
+        worker process; taken in sorted order (no deadlock), renewed by the
+        heartbeat, released at the end, expired when a worker dies."""
+        holder = f"{self.owner}/{doc['id']}"
+        for site in self._sites(doc):
+            while not ctl.stop.is_set():
+                for k in range(self.per_site):
+                    name = f"site-slot:{site}:{k}"
+                    if await asyncio.to_thread(self.store.lease_acquire, name, holder,
+                                               self.lease_s):
+                        held.append(name)
+                        break
+                else:
+                    self.slot_freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.slot_freed.wait(), 0.25)
+                    continue
+                break
+
+    async def _release_slots(self, doc: dict[str, Any], held: list[str]) -> None:
+        holder = f"{self.owner}/{doc['id']}"
+        for name in held:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.lease_release, name, holder)
+        if held:
+            self.slot_freed.set()
 
     async def _run_job(self, doc: dict[str, Any]) -> None:
         job_id = doc["id"]
@@ -92,31 +123,32 @@ class WorkerPool:
         self.running[job_id] = ctl
         if doc.get("cancel_requested"):
             ctl.request_stop("cancelled")
-        hb = asyncio.create_task(self._heartbeat(ctl))
+        held: list[str] = []
+        hb = asyncio.create_task(self._heartbeat(ctl, doc, held))
         loop = asyncio.get_running_loop()
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                for sem in self._sems(doc):
-                    await stack.enter_async_context(sem)
-                status, fields = await loop.run_in_executor(self.executor, self.engine.run,
-                                                            doc, ctl)
+            await self._acquire_slots(doc, ctl, held)
+            status, fields = await loop.run_in_executor(self.executor, self.engine.run,
+                                                        doc, ctl)
         except LeaseLost:
             log.warning("worker: lost the lease on job %s; another worker has it", job_id)
+            await self._stopped(job_id, hb, doc, held)
             return
-        except Exception:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: shutting down
+                await asyncio.shield(self._stopped(job_id, hb, doc, held))
+                raise
             log.exception("worker: job %s crashed", job_id)
             status, fields = "failed", {"error": {"code": "internal_error",
                                                   "message": "worker error"}}
-        finally:
-            hb.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hb
-            self.running.pop(job_id, None)
         fields = {**ctl.progress(), **fields}
         if status == "succeeded" and fields.get("bytes_total") is None:
             fields["bytes_total"] = fields["bytes_done"]
-        final = await asyncio.to_thread(self.store.job_finish, job_id, self.owner, status,
-                                        fields)
+        try:
+            final = await asyncio.to_thread(self.store.job_finish, job_id, self.owner,
+                                            status, fields)
+        finally:  # the slots are freed only once the job is finished in the store
+            await self._stopped(job_id, hb, doc, held)
         if final is None:
             log.warning("worker: job %s was taken over before it finished", job_id)
             return
@@ -124,13 +156,26 @@ class WorkerPool:
         if self.on_finish is not None:
             self.on_finish(final)
 
-    async def _heartbeat(self, ctl: JobControl) -> None:
+    async def _stopped(self, job_id: str, hb: asyncio.Task[None], doc: dict[str, Any],
+                       held: list[str]) -> None:
+        hb.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hb
+        self.running.pop(job_id, None)
+        await self._release_slots(doc, held)
+
+    async def _heartbeat(self, ctl: JobControl, doc: dict[str, Any],
+                         held: list[str]) -> None:
+        holder = f"{self.owner}/{doc['id']}"
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             try:
-                doc = await asyncio.to_thread(self.store.job_update, ctl.job_id, self.owner,
-                                              ctl.progress(), self.lease_s)
-                ctl.observe(doc)
+                latest = await asyncio.to_thread(self.store.job_update, ctl.job_id,
+                                                 self.owner, ctl.progress(), self.lease_s)
+                ctl.observe(latest)
+                for name in list(held):
+                    await asyncio.to_thread(self.store.lease_acquire, name, holder,
+                                            self.lease_s)
             except Exception:
                 log.exception("worker: heartbeat for %s failed", ctl.job_id)
 

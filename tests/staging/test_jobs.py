@@ -281,3 +281,31 @@ def test_permissions(tmp_path, jwt_keys, blockbuster, blocking_log):
                                          "move": True}).status_code == 403
     finally:
         srv.stop()
+
+
+def test_per_site_concurrency(tmp_path, jwt_keys, blockbuster, blocking_log):
+    """per_site_concurrency: 1 -> copies touching a site never overlap."""
+    cfg = make_config(tmp_path, jwt_keys[1], transfers={
+        "workers": 4, "per_site_concurrency": 1, "retries": 1})
+    srv = start_server(cfg)
+    try:
+        api = Api(srv.url)
+        a = site_dir(cfg, "site-a")
+        for i in range(3):
+            with open(a / f"s{i}", "wb") as fh:
+                fh.truncate(96 * 1024 * 1024)
+        api.post("/api/v1/copy", [{"id": f"p{i}", "from": f"site-a:/s{i}",
+                                   "to": f"site-b:/s{i}"} for i in range(3)])
+        overlap = 0
+        end = time.time() + 60
+        while True:
+            jobs = api.get("/api/v1/copy").json()
+            busy = [j for j in jobs if j["status"] == "running" and 0 < j["bytes_done"]]
+            overlap = max(overlap, len(busy))
+            if all(j["status"] == "succeeded" for j in jobs):
+                break
+            assert time.time() < end and not [j for j in jobs if j["status"] == "failed"]
+            time.sleep(0.01)
+        assert overlap == 1
+    finally:
+        srv.stop()
