@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def jwt_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, str]:
+def staging_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, str]:
     d = tmp_path_factory.mktemp("jwt")
     priv, pub = generate_keypair(d)
     return priv.read_bytes(), pub.read_text()
@@ -125,8 +125,8 @@ def blockbuster() -> Iterator[Any]:
 
 
 @pytest.fixture
-def config(tmp_path: Path, jwt_keys: tuple[bytes, str]) -> Config:
-    return make_config(tmp_path, jwt_keys[1])
+def config(tmp_path: Path, staging_keys: tuple[bytes, str]) -> Config:
+    return make_config(tmp_path, staging_keys[1])
 
 
 class BlockingLog(logging.Handler):

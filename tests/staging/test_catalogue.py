@@ -81,11 +81,11 @@ def test_list_find_and_changes(server, config, api):
     store.close()
 
 
-def test_stale_site_keeps_entries(tmp_path, jwt_keys, blockbuster, blocking_log):
+def test_stale_site_keeps_entries(tmp_path, staging_keys, blockbuster, blocking_log):
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "keep.dat").write_text("k")
-    cfg = make_config(tmp_path, jwt_keys[1])
+    cfg = make_config(tmp_path, staging_keys[1])
     cfg.sites.append({"name": "flaky", "type": "local", "path": str(extra)})
     srv = start_server(cfg)
     try:
@@ -107,8 +107,8 @@ def test_stale_site_keeps_entries(tmp_path, jwt_keys, blockbuster, blocking_log)
         srv.stop()
 
 
-def test_crawl_at_start(tmp_path, jwt_keys, blockbuster, blocking_log):
-    cfg = make_config(tmp_path, jwt_keys[1])
+def test_crawl_at_start(tmp_path, staging_keys, blockbuster, blocking_log):
+    cfg = make_config(tmp_path, staging_keys[1])
     (site_dir(cfg, "site-a") / "early.txt").write_text("e")
     srv = start_server(cfg)
     try:

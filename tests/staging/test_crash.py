@@ -42,9 +42,9 @@ def _start(cfg_path: Path, url: str, log: Path, *extra: str) -> subprocess.Popen
     raise AssertionError("staging did not start")
 
 
-def test_sigkill_mid_copy(tmp_path, jwt_keys, receiver):
+def test_sigkill_mid_copy(tmp_path, staging_keys, receiver):
     port = free_port()
-    doc = make_doc(tmp_path, jwt_keys[1], port)
+    doc = make_doc(tmp_path, staging_keys[1], port)
     doc["data_dir"] = str(tmp_path / "data")
     cfg_path = tmp_path / "fedgate.json"
     cfg_path.write_text(json.dumps(doc))
@@ -117,12 +117,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
 
 
-def test_api_and_two_worker_processes(tmp_path, jwt_keys, receiver):
+def test_api_and_two_worker_processes(tmp_path, staging_keys, receiver):
     """serve-staging without workers + two `fedgate worker` processes on one store:
     every job runs once, every webhook is sent once; a killed worker's job is
     taken over by the other."""
     port = free_port()
-    doc = make_doc(tmp_path, jwt_keys[1], port)
+    doc = make_doc(tmp_path, staging_keys[1], port)
     doc["data_dir"] = str(tmp_path / "data")
     cfg_path = tmp_path / "fedgate.json"
     cfg_path.write_text(json.dumps(doc))

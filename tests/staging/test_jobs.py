@@ -29,12 +29,12 @@ def no_temp_files(d: Path) -> bool:
     return not [p for p in d.rglob("*") if p.name.startswith(".fedgate-tmp-")]
 
 
-def test_ee_scenario(server, config, jwt_keys, receiver):
+def test_ee_scenario(server, config, staging_keys, receiver):
     """The EE: token, find, copy with a webhook, signed event, same checksums."""
     src = site_dir(config, "site-a") / "UC1" / "ucdemo-0.1.simg"
     src.parent.mkdir()
     src.write_bytes(os.urandom(5 * 1024 * 1024 + 123))
-    token = mint_token(jwt_keys[0], "ee@process-project.eu", ttl_s=600)
+    token = mint_token(staging_keys[0], "ee@process-project.eu", ttl_s=600)
     ee = Api(server.url, auth=None, headers={"x-access-token": token})
     assert ee.post("/api/v1/refresh").status_code == 200
     r = ee.get("/api/v1/find/ucdemo-0.1.simg")
@@ -126,8 +126,8 @@ def test_cancel_removes_partial_target(server, config, api, receiver):
     assert api.delete("/api/v1/copy/cx").json()["status"] == "cancelled"
 
 
-def test_cancel_queued(tmp_path, jwt_keys, blockbuster, blocking_log):
-    cfg = make_config(tmp_path, jwt_keys[1])
+def test_cancel_queued(tmp_path, staging_keys, blockbuster, blocking_log):
+    cfg = make_config(tmp_path, staging_keys[1])
     srv = start_server(cfg, workers=False)  # nothing runs the job
     try:
         api = Api(srv.url)
@@ -268,8 +268,8 @@ def test_bad_requests_other(server, api):
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_permissions(tmp_path, jwt_keys, blockbuster, blocking_log):
-    cfg = make_config(tmp_path, jwt_keys[1], permissions=[
+def test_permissions(tmp_path, staging_keys, blockbuster, blocking_log):
+    cfg = make_config(tmp_path, staging_keys[1], permissions=[
         {"user": "alice", "path": "/site-b", "access": "read"}])
     srv = start_server(cfg)
     try:
@@ -283,9 +283,9 @@ def test_permissions(tmp_path, jwt_keys, blockbuster, blocking_log):
         srv.stop()
 
 
-def test_per_site_concurrency(tmp_path, jwt_keys, blockbuster, blocking_log):
+def test_per_site_concurrency(tmp_path, staging_keys, blockbuster, blocking_log):
     """per_site_concurrency: 1 -> copies touching a site never overlap."""
-    cfg = make_config(tmp_path, jwt_keys[1], transfers={
+    cfg = make_config(tmp_path, staging_keys[1], transfers={
         "workers": 4, "per_site_concurrency": 1, "retries": 1})
     srv = start_server(cfg)
     try:
@@ -300,7 +300,7 @@ def test_per_site_concurrency(tmp_path, jwt_keys, blockbuster, blocking_log):
         end = time.time() + 60
         while True:
             jobs = api.get("/api/v1/copy").json()
-            busy = [j for j in jobs if j["status"] == "running" and 0 < j["bytes_done"]]
+            busy = [j for j in jobs if j["status"] == "running" and j["bytes_done"] > 0]
             overlap = max(overlap, len(busy))
             if all(j["status"] == "succeeded" for j in jobs):
                 break

@@ -74,8 +74,8 @@ def test_address_rules(addr, ok):
     assert address_allowed(ipaddress.ip_address(addr)) is ok
 
 
-def test_private_destinations_refused(tmp_path, jwt_keys, blockbuster, blocking_log):
-    cfg = make_config(tmp_path, jwt_keys[1],
+def test_private_destinations_refused(tmp_path, staging_keys, blockbuster, blocking_log):
+    cfg = make_config(tmp_path, staging_keys[1],
                       webhooks={"secret": WEBHOOK_SECRET, "allow_private_addresses": False})
     srv = start_server(cfg)
     try:
