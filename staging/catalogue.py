@@ -65,6 +65,21 @@ def note_change(store: StateStore, site: str, adaptor: Adaptor, path: str,
                     getattr(exc, "message", exc.__class__.__name__))
 
 
+def note_tree(store: StateStore, site: str, adaptor: Adaptor, path: str,
+              deleted: bool = False) -> None:
+    """Like :func:`note_change`, and for a directory its whole subtree too (the
+    transfer engine calls this after copying a tree).  Never raises."""
+    note_change(store, site, adaptor, path, deleted)
+    if deleted or path == "/":
+        return
+    try:
+        if adaptor.stat(path).is_dir:
+            crawl_site(store, site, adaptor, root=path)
+    except Exception as exc:
+        log.warning("catalogue: note_tree(%s:%s) failed: %s", site, path,
+                    getattr(exc, "message", exc.__class__.__name__))
+
+
 def crawl_site(store: StateStore, site: str, adaptor: Adaptor,
                root: str = "/") -> int:
     """List ``site`` breadth-first (listings only) into the catalogue; prune what

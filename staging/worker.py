@@ -21,7 +21,7 @@ from fedgate.config import Config
 from fedgate.federation import Federation
 from fedgate.store import open_store
 from fedgate.store.base import StateStore
-from staging.catalogue import note_change
+from staging.catalogue import note_tree
 from staging.jobs import lease_seconds
 from staging.transfer import JobControl, LeaseLost, TransferEngine
 from staging.webhooks import WebhookDispatcher, load_secrets
@@ -56,7 +56,7 @@ class WorkerPool:
                                            thread_name_prefix="transfer")
 
     def _on_change(self, site: str, adaptor: Any, path: str, deleted: bool) -> None:
-        note_change(self.store, site, adaptor, path, deleted)
+        note_tree(self.store, site, adaptor, path, deleted)
 
     def cancel_local(self, job_id: str) -> None:
         """Fast path for a cancel answered by this process."""

@@ -184,6 +184,9 @@ def test_recursive_move_and_overwrite(server, config, api):
     for rel, data in files.items():
         assert (b / rel).read_bytes() == data
     assert not (a / "tree").exists()
+    # the catalogue knows the whole new tree at once, and the moved one is gone
+    [z] = api.get("/api/v1/find/z.bin").json()
+    assert z["path"] == "site-b:/tree/sub/deeper/z.bin"
     # overwrite false: the target exists -> failed with 409 semantics
     (a / "o.txt").write_text("new")
     (b / "o.txt").write_text("old")
@@ -309,3 +312,17 @@ def test_per_site_concurrency(tmp_path, staging_keys, blockbuster, blocking_log)
         assert overlap == 1
     finally:
         srv.stop()
+
+
+def test_unicode_and_spaces(server, config, api):
+    a = site_dir(config, "site-a")
+    (a / "données d'été").mkdir()
+    (a / "données d'été" / "çà et là.txt").write_text("ünïcödé")
+    r = api.post("/api/v1/copy", {"id": "u", "from": "site-a:/données d'été",
+                                  "to": "site-b:/été 2026", "recursive": True})
+    assert r.status_code == 202, r.text
+    assert api.wait("u")["status"] == "succeeded"
+    assert (site_dir(config, "site-b") / "été 2026" / "çà et là.txt").read_text() == "ünïcödé"
+    [e] = api.get("/api/v1/find/çà et là.txt?site=site-b").json()
+    assert e["path"] == "site-b:/été 2026/çà et là.txt"
+    assert e["url"].endswith("/site-b/%C3%A9t%C3%A9%202026/%C3%A7%C3%A0%20et%20l%C3%A0.txt")
