@@ -132,10 +132,10 @@ async def list_files(request: web.Request) -> web.Response:
     if prefix is not None:
         prefix = normalize(prefix if prefix.startswith("/") else "/" + prefix)
     limit = int_param(request, "limit", 1000, 1, 10000)
-    after = decode_cursor(request.query.get("cursor"), 3)
-    rows = await asyncio.to_thread(
-        s.store.catalogue_page, site=site, prefix=prefix, limit=limit,
-        after=tuple(str(v) for v in after) if after else None)  # type: ignore[arg-type]
+    cur = decode_cursor(request.query.get("cursor"), 3)
+    after = (str(cur[0]), str(cur[1]), str(cur[2])) if cur else None
+    rows = await asyncio.to_thread(s.store.catalogue_page, site=site, prefix=prefix,
+                                   limit=limit, after=after)
     out: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if visible(s, principal, row):

@@ -168,9 +168,9 @@ def _iso_now() -> str:
     return datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def event_body(doc: dict[str, Any]) -> bytes:
+def event_body(doc: dict[str, Any], base_url: str = "") -> bytes:
     """The event JSON; stable across retries (no delivery log inside)."""
-    job = public_view(doc)
+    job = public_view(doc, base_url)
     if job["webhook"] is not None:
         job["webhook"] = {"url": job["webhook"]["url"], "method": job["webhook"]["method"]}
     return json.dumps({"type": f"copy.{doc['status']}", "id": doc["id"], "job": job},
@@ -192,6 +192,9 @@ class WebhookDispatcher:
         self.on_attempt = on_attempt
         self.sem = asyncio.Semaphore(concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
+        host, port = config.listen.staging
+        scheme = "https" if config.listen.tls_cert else "http"
+        self.base_url = f"{scheme}://{host}:{port}"
 
     async def run(self) -> None:
         while True:
@@ -218,7 +221,7 @@ class WebhookDispatcher:
     async def _deliver(self, doc: dict[str, Any]) -> None:
         wh = doc["webhook"]
         attempt = len(wh.get("deliveries") or []) + 1
-        body = event_body(doc)
+        body = event_body(doc, self.base_url)
         status_code: int | None = None
         error: str | None = None
         started = time.monotonic()
