@@ -160,13 +160,20 @@ class Catalogue:
     def note(self, site: str, adaptor: Adaptor, path: str, deleted: bool = False) -> None:
         note_change(self.store, site, adaptor, path, deleted)
 
-    async def crawl_all(self) -> dict[str, Any]:
+    async def crawl_all(self, force: bool = True) -> dict[str, Any]:
         async with self._lock:
-            results = await asyncio.gather(*(self.crawl(s) for s in self.federation.sites))
+            results = await asyncio.gather(*(self.crawl(s, force)
+                                             for s in self.federation.sites))
         return dict(zip(self.federation.sites, results, strict=True))
 
-    async def crawl(self, site: str) -> dict[str, Any]:
+    async def crawl(self, site: str, force: bool = True) -> dict[str, Any]:
+        """Crawl ``site`` unless another process is at it (or, without ``force``,
+        crawled it less than a refresh interval ago)."""
         adaptor = self.federation.get(site)
+        if not force:
+            rec = await asyncio.to_thread(self.store.get_record, "catalogue-crawl", site)
+            if rec and time.time() - float(rec.get("at", 0)) < 0.9 * self.interval:
+                return {"status": "skipped", "reason": "crawled recently"}
         lease = f"crawl:{site}"
         got = await asyncio.to_thread(self.store.lease_acquire, lease, self.owner, 3600)
         if not got:
@@ -191,12 +198,21 @@ class Catalogue:
         result["seconds"] = round(time.monotonic() - t0, 3)
         result["at"] = time.time()
         self.last_crawl[site] = result
+        await asyncio.to_thread(self.store.put_record, "catalogue-crawl", site, result)
         return result
 
+    @property
+    def interval(self) -> float:
+        return float(max(1, int(self.config.catalogue_refresh_s)))
+
     async def refresh_loop(self) -> None:
+        """Crawl every site at start, then every refresh interval (a site another
+        process crawled within the interval is skipped)."""
+        force = True
         while True:
             try:
-                await self.crawl_all()
+                await self.crawl_all(force)
             except Exception:
                 log.exception("catalogue: refresh failed")
-            await asyncio.sleep(max(1, int(self.config.catalogue_refresh_s)))
+            force = False
+            await asyncio.sleep(self.interval)

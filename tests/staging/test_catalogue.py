@@ -173,3 +173,22 @@ def test_site_path_helpers_untouched(tmp_path: Path):
     note_change(store, "r", adaptor, "/d", deleted=True)
     assert store.catalogue_count("r") == 0
     store.close()
+
+
+def test_periodic_refresh(tmp_path, staging_keys, blockbuster, blocking_log):
+    cfg = make_config(tmp_path, staging_keys[1], catalogue={"refresh_interval_s": 1})
+    srv = start_server(cfg)
+    try:
+        api = Api(srv.url)
+        a = site_dir(cfg, "site-a")
+        (a / "later.txt").write_text("l")
+        end = time.time() + 10
+        while api.get("/api/v1/find/later.txt").status_code != 200:
+            assert time.time() < end
+            time.sleep(0.1)
+        (a / "later.txt").unlink()  # removed behind the gateway's back
+        while api.get("/api/v1/find/later.txt").status_code != 404:
+            assert time.time() < end
+            time.sleep(0.1)
+    finally:
+        srv.stop()
