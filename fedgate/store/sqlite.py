@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user, created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_webhook ON jobs (wh_state, wh_next);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL,
   until REAL NOT NULL);
@@ -270,9 +271,12 @@ class SQLiteStore(StateStore):
     def job_claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
         with self._tx() as db:
             now = time.time()  # after taking the write lock
-            row = db.execute(
-                "SELECT doc FROM jobs WHERE status='queued' OR (status='running' AND "
-                "lease_until < ?) ORDER BY created_at LIMIT 1", (now,)).fetchone()
+            # two indexed lookups (an OR would scan every job ever run)
+            row = db.execute("SELECT doc FROM jobs WHERE status='running' AND lease_until < ? "
+                             "ORDER BY created_at LIMIT 1", (now,)).fetchone()
+            if row is None:
+                row = db.execute("SELECT doc FROM jobs WHERE status='queued' "
+                                 "ORDER BY created_at LIMIT 1").fetchone()
             if row is None:
                 return None
             doc = dict(json.loads(row[0]))
