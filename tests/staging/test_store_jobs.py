@@ -1,12 +1,35 @@
-"""The store's job, webhook, lease and catalogue operations (SQLite), including
-claims from several processes at once: every job is claimed exactly once."""
+"""The store's job, webhook, lease and catalogue operations, including claims
+from several processes at once (every job claimed exactly once).  SQLite always;
+MongoDB too when FEDGATE_TEST_MONGODB_URI is set (same shape as tests/store/)."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
+import uuid
 
-from fedgate.store.sqlite import SQLiteStore
+import pytest
+
+from fedgate.store import open_store
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    uri = os.environ.get("FEDGATE_TEST_MONGODB_URI")
+    if not uri:
+        pytest.skip("FEDGATE_TEST_MONGODB_URI is not set: no MongoDB server can be had on "
+                    "this machine (see TESTBED.md)")
+    return f"{uri.rstrip('/')}/fedgate_test_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def store(store_url):
+    s = open_store(store_url)
+    yield s
+    s.close()
 
 
 def _doc(i: int, webhook: bool = False) -> dict:
@@ -18,8 +41,8 @@ def _doc(i: int, webhook: bool = False) -> dict:
     return d
 
 
-def _claimer(path: str, owner: str, q) -> None:
-    store = SQLiteStore(path)
+def _claimer(url: str, owner: str, q) -> None:
+    store = open_store(url)
     got = []
     while (doc := store.job_claim(owner, 60)) is not None:
         got.append(doc["id"])
@@ -27,14 +50,12 @@ def _claimer(path: str, owner: str, q) -> None:
     q.put(got)
 
 
-def test_claims_across_processes(tmp_path):
-    path = str(tmp_path / "s.db")
-    store = SQLiteStore(path)
+def test_claims_across_processes(store, store_url):
     for i in range(200):
         store.job_insert(_doc(i))
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(path, f"w{n}", q)) for n in range(4)]
+    procs = [ctx.Process(target=_claimer, args=(store_url, f"w{n}", q)) for n in range(4)]
     for p in procs:
         p.start()
     results = [q.get(timeout=60) for _ in procs]
@@ -43,11 +64,9 @@ def test_claims_across_processes(tmp_path):
     claimed = [j for r in results for j in r]
     assert sorted(claimed) == [f"j{i:04d}" for i in range(200)]
     assert store.job_counts() == {"running": 200}
-    store.close()
 
 
-def test_state_machine(tmp_path):
-    store = SQLiteStore(tmp_path / "s.db")
+def test_state_machine(store):
     doc, created = store.job_insert(_doc(1, webhook=True))
     assert created and doc["status"] == "queued"
     again, created = store.job_insert({**_doc(1), "body_hash": "other"})
@@ -84,11 +103,9 @@ def test_state_machine(tmp_path):
     assert [d["id"] for d in store.job_list(user="u")] == ["j0003", "j0002", "j0001"]
     page = store.job_list(user="u", limit=1, before=(c["created_at"], c["id"]))
     assert [d["id"] for d in page] == ["j0002"]
-    store.close()
 
 
-def test_leases_and_catalogue(tmp_path):
-    store = SQLiteStore(tmp_path / "s.db")
+def test_leases_and_catalogue(store):
     assert store.lease_acquire("crawl:a", "p1", 0.2)
     assert not store.lease_acquire("crawl:a", "p2", 10)
     assert store.lease_acquire("crawl:a", "p1", 10)  # renew
@@ -108,4 +125,3 @@ def test_leases_and_catalogue(tmp_path):
     t = time.time()
     store.catalogue_upsert("a", [{**e, "path": "/new"}])
     assert store.catalogue_prune("a", t) == 1 and store.catalogue_count() == 1
-    store.close()
