@@ -326,3 +326,27 @@ def test_unicode_and_spaces(server, config, api):
     [e] = api.get("/api/v1/find/çà et là.txt?site=site-b").json()
     assert e["path"] == "site-b:/été 2026/çà et là.txt"
     assert e["url"].endswith("/site-b/%C3%A9t%C3%A9%202026/%C3%A7%C3%A0%20et%20l%C3%A0.txt")
+
+
+def test_token_scopes(server, config, api, staging_keys):
+    """A WLCG-scoped token may only read and write where its scopes say."""
+    from fedgate.auth import mint_token
+
+    a = site_dir(config, "site-a")
+    (a / "in").mkdir()
+    (a / "in" / "s.txt").write_text("s")
+    (site_dir(config, "site-b") / "in").mkdir()
+    api.post("/api/v1/refresh")
+    token = mint_token(staging_keys[0], "ee@process-project.eu",
+                       scope="storage.read:/site-a/in storage.modify:/site-b/in")
+    ee = Api(server.url, auth=None, headers={"Authorization": f"Bearer {token}"})
+    assert ee.post("/api/v1/copy", {"from": "site-a:/in/s.txt",
+                                    "to": "site-b:/elsewhere.txt"}).status_code == 403
+    r = ee.post("/api/v1/copy", {"id": "sc", "from": "site-a:/in/s.txt",
+                                 "to": "site-b:/in/s.txt"})
+    assert r.status_code == 202
+    assert ee.wait("sc")["status"] == "succeeded"
+    # what the token cannot read is not listed
+    paths = {e["path"] for entries in ee.get("/api/v1/list").json().values() for e in entries}
+    assert paths == {"site-a:/in", "site-a:/in/s.txt"}
+    assert api.get("/api/v1/copy/sc").status_code == 404  # alice does not see ee's jobs
