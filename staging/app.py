@@ -119,8 +119,12 @@ async def start_site(config: Config, *, workers: bool = True, host: str | None =
     if config.listen.tls_cert and config.listen.tls_key:
         import ssl
 
-        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_ctx.load_cert_chain(config.listen.tls_cert, config.listen.tls_key)
+        def tls() -> ssl.SSLContext:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(config.listen.tls_cert), str(config.listen.tls_key))
+            return ctx
+
+        ssl_ctx = await asyncio.to_thread(tls)
     site = web.TCPSite(runner, host or h, p if port is None else port, ssl_context=ssl_ctx)
     await site.start()
     return runner
