@@ -192,3 +192,37 @@ def test_periodic_refresh(tmp_path, staging_keys, blockbuster, blocking_log):
             time.sleep(0.1)
     finally:
         srv.stop()
+
+
+def test_tls(tmp_path, staging_keys, blockbuster, blocking_log):
+    import datetime
+    import ipaddress
+
+    import requests
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    cfg = make_config(tmp_path, staging_keys[1])
+    cfg.listen.tls_cert, cfg.listen.tls_key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    srv = start_server(cfg)
+    try:
+        url = srv.url.replace("http://", "https://")
+        r = requests.get(url + "/healthz", verify=str(tmp_path / "c.pem"), timeout=10)
+        assert r.status_code == 200
+    finally:
+        srv.stop()
