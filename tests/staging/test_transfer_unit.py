@@ -1,0 +1,152 @@
+"""The transfer engine directly: block CRCs, read-back verification, retries of
+transient faults (a local site with injected faults), cancel and tree resume."""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+
+import pytest
+
+from adaptors import errors
+from adaptors.base import BLOCK_SIZE
+from adaptors.local import LocalAdaptor
+from fedgate.config import Config
+from fedgate.store.sqlite import SQLiteStore
+from staging.transfer import BlockCRC, JobControl, TransferEngine
+
+
+class FlakyLocal(LocalAdaptor):
+    """A real local site whose first ``fail`` reads raise Transient."""
+
+    def __init__(self, *a, fail: int = 0, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def open_read(self, path, offset=0, length=None):
+        with self.lock:
+            if self.fail > 0:
+                self.fail -= 1
+                raise errors.Transient("connection reset", path)
+        return super().open_read(path, offset, length)
+
+
+class Fed:
+    def __init__(self, **sites) -> None:
+        self.sites = sites
+
+    def get(self, name):
+        return self.sites[name]
+
+
+def _site(tmp_path, name, cls=LocalAdaptor, **kw):
+    (tmp_path / name).mkdir(exist_ok=True)
+    return cls(name, {"name": name, "type": "local", "path": str(tmp_path / name)}, None, **kw)
+
+
+def _job(store, **kw):
+    doc = {"id": "j", "user": "u", "status": "queued", "created_at": 1.0, "from": "a:/f",
+           "to": "b:/f", "move": False, "overwrite": True, "recursive": False,
+           "checksum_alg": None, "webhook": None, **kw}
+    store.job_insert(doc)
+    return store.job_claim("w", 30)
+
+
+def test_block_crc_ignores_chunking():
+    data = os.urandom(3 * BLOCK_SIZE + 17)
+    one, many = BlockCRC(), BlockCRC()
+    one.update(data)
+    for i in range(0, len(data), 70_001):
+        many.update(data[i:i + 70_001])
+    assert one.finish() == many.finish() == [
+        zlib.crc32(data[i:i + BLOCK_SIZE]) for i in range(0, len(data), BLOCK_SIZE)]
+
+
+def test_verify_detects_a_different_target(tmp_path):
+    b = _site(tmp_path, "b")
+    data = os.urandom(2 * BLOCK_SIZE + 5)
+    (tmp_path / "b" / "t").write_bytes(data)
+    crc = BlockCRC()
+    crc.update(data[:-1] + b"X")
+    engine = TransferEngine(Config(), Fed(b=b))
+    ctl = JobControl({"id": "x"}, "w", None, 30)  # type: ignore[arg-type]
+    with pytest.raises(errors.ChecksumMismatch):
+        engine._verify_blocks(ctl, b, "/t", len(data), crc.finish())
+    assert not (tmp_path / "b" / "t").exists()
+    (tmp_path / "b" / "t").write_bytes(data)
+    good = BlockCRC()
+    good.update(data)
+    engine._verify_blocks(ctl, b, "/t", len(data), good.finish())
+
+
+def test_transient_faults_are_retried(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDGATE_TRANSFER_BACKOFF_S", "0.01")
+    a = _site(tmp_path, "a", FlakyLocal, fail=2)
+    b = _site(tmp_path, "b")
+    (tmp_path / "a" / "f").write_bytes(os.urandom(100_000))
+    store = SQLiteStore(tmp_path / "s.db")
+    cfg = Config()
+    cfg.transfers.retries = 3
+    job = _job(store)
+    ctl = JobControl(job, "w", store, 30)
+    status, fields = TransferEngine(cfg, Fed(a=a, b=b)).run(job, ctl)
+    assert status == "succeeded", fields
+    assert ctl.attempts == 3  # the first try and two retries
+    assert (tmp_path / "b" / "f").read_bytes() == (tmp_path / "a" / "f").read_bytes()
+    # more faults than retries: failed with the transient error, nothing at the target
+    a.fail = 10
+    store.job_insert({**job, "id": "j2", "to": "b:/g", "status": "queued"})
+    job2 = store.job_claim("w", 30)
+    status, fields = TransferEngine(cfg, Fed(a=a, b=b)).run(job2, JobControl(job2, "w", store,
+                                                                             30))
+    assert status == "failed" and fields["error"]["code"] == "transient"
+    assert not (tmp_path / "b" / "g").exists()
+    store.close()
+
+
+def test_tree_resumes_after_last_finished_file(tmp_path):
+    a, b = _site(tmp_path, "a"), _site(tmp_path, "b")
+    (tmp_path / "a" / "t").mkdir()
+    for n in ("1", "2", "3"):
+        (tmp_path / "a" / "t" / n).write_text(n)
+    store = SQLiteStore(tmp_path / "s.db")
+    # a previous attempt finished "1" and created the target tree
+    (tmp_path / "b" / "t").mkdir()
+    (tmp_path / "b" / "t" / "1").write_text("1")
+    job = _job(store, **{"from": "a:/t", "to": "b:/t", "recursive": True,
+                         "overwrite": False, "target_checked": True,
+                         "target_created": True, "resume_after": "1"})
+    ctl = JobControl(job, "w", store, 30)
+    status, fields = TransferEngine(Config(), Fed(a=a, b=b)).run(job, ctl)
+    assert status == "succeeded", fields
+    assert ctl.files_done == 3 and ctl.bytes_done == 3
+    assert sorted(p.name for p in (tmp_path / "b" / "t").iterdir()) == ["1", "2", "3"]
+    assert store.job_get("j")["resume_after"] == "3"
+    store.close()
+
+
+def test_cancel_of_a_tree_removes_what_it_made(tmp_path):
+    a, b = _site(tmp_path, "a"), _site(tmp_path, "b")
+    (tmp_path / "a" / "t").mkdir()
+    for n in range(5):
+        (tmp_path / "a" / "t" / str(n)).write_bytes(b"x" * 1000)
+    store = SQLiteStore(tmp_path / "s.db")
+    job = _job(store, **{"from": "a:/t", "to": "b:/t", "recursive": True})
+    ctl = JobControl(job, "w", store, 30)
+    calls = {"n": 0}
+    real = ctl.persist
+
+    def persist(fields):  # cancel after the second file
+        real(fields)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            ctl.request_stop("cancelled")
+            ctl.check()
+
+    ctl.persist = persist  # type: ignore[method-assign]
+    status, _ = TransferEngine(Config(), Fed(a=a, b=b)).run(job, ctl)
+    assert status == "cancelled"
+    assert not (tmp_path / "b" / "t").exists()
+    store.close()
