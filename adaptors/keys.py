@@ -103,6 +103,23 @@ def fingerprint(key: asyncssh.SSHKey) -> str:
     return str(key.get_fingerprint("sha256"))
 
 
+class Secret:
+    """A value that does not show in ``repr``/``str`` (so not in logs or dumps)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
 # -- host keys -----------------------------------------------------------------
 @dataclass
 class HostKeyPin:

@@ -167,6 +167,11 @@ def _is_dir(attrs: asyncssh.SFTPAttrs) -> bool:
     return attrs.permissions is not None and stat_mod.S_ISDIR(attrs.permissions)
 
 
+def _fname(name: asyncssh.SFTPName) -> str:
+    fn = name.filename
+    return fn if isinstance(fn, str) else fn.decode("utf-8", "surrogateescape")
+
+
 def _is_link(attrs: asyncssh.SFTPAttrs) -> bool:
     return attrs.permissions is not None and stat_mod.S_ISLNK(attrs.permissions)
 
@@ -476,7 +481,7 @@ class SFTPAdaptor(Adaptor):
         opts = dict(options)
         password = opts.pop("password", None)
         super().__init__(name, opts, context)
-        self._password: str | None = str(password) if password else None
+        self._password: keys.Secret | None = keys.Secret(str(password)) if password else None
         self.host = str(opts["host"])
         self.port = int(opts.get("port") or 22)
         self.user = str(opts["user"])
@@ -617,7 +622,7 @@ class SFTPAdaptor(Adaptor):
                     f"accepted by {self._record_key}")
             password, line = self._password, keys.public_line(key, f"fedgate@{self.name}")
             appended = await asyncio.to_thread(keys.deploy_public_key, self.pin, self.user,
-                                               password, line, CONNECT_TIMEOUT)
+                                               password.reveal(), line, CONNECT_TIMEOUT)
             del password
             self._password = None
             log.info("site %s: gateway key %s %s %s", self.name, fp,
@@ -727,9 +732,9 @@ class SFTPAdaptor(Adaptor):
             raise errors.NotADirectory("parent is not a directory", path)
 
     async def _rmtree(self, sftp: asyncssh.SFTPClient, remote: str) -> None:
-        names = [n for n in await sftp.readdir(remote) if n.filename not in (".", "..")]
-        files = [f"{remote}/{n.filename}" for n in names if not _is_dir(n.attrs)]
-        dirs = [f"{remote}/{n.filename}" for n in names if _is_dir(n.attrs)]
+        names = [n for n in await sftp.readdir(remote) if _fname(n) not in (".", "..")]
+        files = [f"{remote}/{_fname(n)}" for n in names if not _is_dir(n.attrs)]
+        dirs = [f"{remote}/{_fname(n)}" for n in names if _is_dir(n.attrs)]
         for i in range(0, len(files), 64):
             await asyncio.gather(*(sftp.remove(f) for f in files[i:i + 64]))
         for d in dirs:
@@ -792,7 +797,7 @@ class SFTPAdaptor(Adaptor):
             out: list[Entry] = []
             links: list[str] = []
             for n in names:
-                name = str(n.filename)
+                name = _fname(n)
                 if name in (".", "..") or name.startswith(TEMP_PREFIX):
                     continue
                 if _is_link(n.attrs):
@@ -896,7 +901,7 @@ class SFTPAdaptor(Adaptor):
                     await sftp.rmdir(remote)
                 except asyncssh.SFTPFailure:
                     names = [n for n in await sftp.readdir(remote)
-                             if n.filename not in (".", "..")]
+                             if _fname(n) not in (".", "..")]
                     if names:
                         raise errors.NotEmpty("directory not empty", path) from None
                     raise

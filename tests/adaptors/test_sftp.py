@@ -74,7 +74,8 @@ class TestSFTPContract(AdaptorContract):
 # -- beyond the contract -------------------------------------------------------------
 
 def test_sshfs_alias_and_options(sftp_site) -> None:
-    a = create_adaptor({**sftp_site, "type": "sshfs"}, AdaptorContext(data_dir=Path("/nonexistent")))
+    a = create_adaptor({**sftp_site, "type": "sshfs"},
+                       AdaptorContext(data_dir=Path("/nonexistent")))
     assert isinstance(a, SFTPAdaptor)
     assert SFTPAdaptor.OPTIONS["password"].secret
     assert a.describe() == {"host": "127.0.0.1", "port": sftp_site["port"], "type": "sftp",

@@ -42,7 +42,8 @@ def missing_reason() -> str | None:
     for tool in (SSHD, shutil.which("ssh-keygen"), shutil.which("useradd"),
                  shutil.which("chpasswd")):
         if not tool or not os.path.exists(tool):
-            return f"missing {tool or 'ssh-keygen/useradd/chpasswd'} (apt-get install openssh-server)"
+            return (f"missing {tool or 'ssh-keygen/useradd/chpasswd'} "
+                    "(apt-get install openssh-server)")
     return None
 
 
@@ -202,7 +203,8 @@ LogLevel VERBOSE
     server.rsa_host_key_line = " ".join(Path(f"{rk}.pub").read_text().split()[:2])
     server.client_key_file = str(ck)
     pub = Path(f"{ck}.pub").read_text().strip()
-    if not server.authorized_keys.exists() or pub.split()[1] not in server.authorized_keys.read_text():
+    auth = server.authorized_keys
+    if not auth.exists() or pub.split()[1] not in auth.read_text():
         server.authorize(pub)
     server.start()
     return server
