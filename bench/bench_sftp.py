@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adaptors import create_adaptor  # noqa: E402
-from adaptors.base import AdaptorContext  # noqa: E402
-from tests.servers.sshd import chown_user, missing_reason, start_sshd  # noqa: E402
+from adaptors import create_adaptor
+from adaptors.base import AdaptorContext
+from tests.servers.sshd import chown_user, missing_reason, start_sshd
 
 MiB = 1024 * 1024
 
@@ -134,7 +134,7 @@ def main() -> int:
     mib = size / MiB
     print(f"\nsftp adaptor vs scp, {mib:.0f} MiB file, 127.0.0.1, median of {args.repeat} "
           f"(load average {load_before:.1f} -> {load_after:.1f}, {os.cpu_count()} cores)\n")
-    print(f"| op  | adaptor s (MiB/s) | scp s (MiB/s) | ratio | scp aes-gcm s (MiB/s) | ratio |")
+    print("| op  | adaptor s (MiB/s) | scp s (MiB/s) | ratio | scp aes-gcm s (MiB/s) | ratio |")
     print("|-----|-------------------|---------------|-------|-----------------------|-------|")
     for op in ("PUT", "GET"):
         a, s, g = med[f"{op} adaptor"], med[f"{op} scp"], med[f"{op} scp-gcm"]
