@@ -354,3 +354,23 @@ def test_rename_overwrites_directory_with_file(adaptor) -> None:
 def test_paths_cannot_escape(adaptor) -> None:
     with pytest.raises(errors.PermissionDenied):
         adaptor.stat("/../etc")
+
+
+def test_small_reads_and_relative_root(sshd_server: SSHServer, gateway_context) -> None:
+    site = without(sshd_server.site("rel"), "key_file")
+    rel = os.path.relpath(site["path"], sshd_server.home)
+    a = create_adaptor({**site, "path": rel}, gateway_context)
+    try:
+        data = os.urandom(3 * 1024 * 1024 + 5)
+        put(a, "/s", data)
+        assert (Path(site["path"]) / "s").read_bytes() == data
+        r = a.open_read("/s", 7)
+        parts = []
+        while chunk := r.read(8192):
+            assert len(chunk) <= 8192
+            parts.append(chunk)
+        r.close()
+        assert b"".join(parts) == data[7:]
+        assert [e.name for e in a.list("/")] == ["s"]
+    finally:
+        a.close()
