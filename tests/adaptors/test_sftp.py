@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -372,5 +373,46 @@ def test_small_reads_and_relative_root(sshd_server: SSHServer, gateway_context) 
         r.close()
         assert b"".join(parts) == data[7:]
         assert [e.name for e in a.list("/")] == ["s"]
+    finally:
+        a.close()
+
+
+def test_frozen_server_gives_an_error_not_a_hang(sshd_factory, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    """sshd stopped with SIGSTOP (the TCP connection stays open): keepalives
+    notice it; the reader fails instead of hanging, and works once it is back."""
+    import signal
+
+    import psutil
+
+    import adaptors.sftp as sftp_mod
+
+    monkeypatch.setattr(sftp_mod, "KEEPALIVE_INTERVAL", 1)
+    monkeypatch.setattr(sftp_mod, "KEEPALIVE_COUNT_MAX", 2)
+    server: SSHServer = sshd_factory()
+    a = create_adaptor(server.site("frozen"), make_context(tmp_path))
+    assert server.proc is not None
+    procs = [psutil.Process(server.proc.pid)]
+    try:
+        data = os.urandom(48 * 1024 * 1024)
+        put(a, "/big", data, chunk=4 * 1024 * 1024)
+        r = a.open_read("/big")
+        assert r.read(1024 * 1024) == data[: 1024 * 1024]
+        procs += procs[0].children(recursive=True)
+        for p in procs:
+            p.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(errors.AdaptorError):
+            while r.read(1024 * 1024):
+                pass
+        assert time.monotonic() - t0 < 20
+        r.close()
+    finally:
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGCONT)
+    try:
+        assert a.stat("/big").size == len(data)
+        assert get(a, "/big", 1, 3) == data[1:4]
     finally:
         a.close()
