@@ -396,7 +396,7 @@ class _WritePipe:
             fut, size = self.tasks.popleft()
             try:
                 await fut
-            except BaseException as exc:
+            except Exception as exc:
                 if self.error is None:
                     self.error = exc
             self.inflight -= size
@@ -552,9 +552,12 @@ class SFTPAdaptor(Adaptor):
         fut = lt.submit(coro)
         try:
             return fut.result(timeout)
-        except BaseException as exc:
+        except Exception as exc:
             fut.cancel()
             raise _translate(exc, path, self.name) from exc
+        except BaseException:
+            fut.cancel()
+            raise
 
     def _run_quietly(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Best-effort clean-up (never raises; never blocks the loop thread)."""
@@ -567,7 +570,7 @@ class SFTPAdaptor(Adaptor):
             return
         try:
             lt.submit(coro).result(30)
-        except BaseException as exc:
+        except Exception as exc:
             log.debug("site %s: clean-up failed: %s", self.name, exc.__class__.__name__)
 
     def _remote(self, path: str) -> str:
@@ -621,7 +624,7 @@ class SFTPAdaptor(Adaptor):
                 session = await self._connect(key)
             except asyncssh.PermissionDenied:
                 session = await self._deploy_and_connect(key)
-        except BaseException as exc:
+        except Exception as exc:
             raise _connect_error(exc, self.host, self.port, self.name) from exc
         self._password = None  # authenticated with the key: the password is not needed
         return session
@@ -687,7 +690,7 @@ class SFTPAdaptor(Adaptor):
             self._connecting += 1
         try:
             session = await self._open_session()
-        except BaseException:
+        except Exception:
             if best is not None and not best.dead:
                 best.users += 1
                 return best
@@ -1057,7 +1060,7 @@ class SFTPAdaptor(Adaptor):
                 if self._password:
                     return "not installed (a password is configured: installed on first use)"
                 return "not installed"
-            except BaseException as exc:
+            except Exception as exc:
                 return f"unknown: {_connect_error(exc, self.host, self.port, self.name).message}"
             session.close()
             return "installed (key_file)" if self.key_file else "installed"
