@@ -263,6 +263,44 @@ class _Client(asyncssh.SSHClient):
 
 # -- readers and writers -------------------------------------------------------------
 
+def _raw_handler(fh: asyncssh.SFTPClientFile) -> Any:
+    """asyncssh's request layer for ``fh`` (one SFTP request per call, no helper
+    tasks), or None when this asyncssh version hides it."""
+    handler = getattr(fh, "_handler", None)
+    if handler is not None and callable(getattr(handler, "read", None)) \
+            and callable(getattr(handler, "write", None)):
+        return handler
+    return None
+
+
+async def _read_block(fh: asyncssh.SFTPClientFile, offset: int, size: int) -> bytes:
+    """Exactly ``size`` bytes at ``offset`` (fewer only at end of file)."""
+    handler = _raw_handler(fh)
+    if handler is None:
+        data = await fh.read(size, offset)
+        return data if isinstance(data, bytes) else data.encode()
+    parts: list[bytes] = []
+    while size > 0:
+        try:
+            data, _at_end = await handler.read(fh.handle, offset, size)
+        except asyncssh.SFTPEOFError:
+            break
+        if not data:
+            break
+        parts.append(data)
+        offset += len(data)
+        size -= len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _write_block(fh: asyncssh.SFTPClientFile, offset: int, data: bytes) -> int:
+    handler = _raw_handler(fh)
+    if handler is None:
+        return int(await fh.write(data, offset))
+    await handler.write(fh.handle, offset, data)
+    return len(data)
+
+
 class _ReadPipe:
     """Loop side of a reader: keeps ``depth`` block reads in flight, in order."""
 
@@ -279,7 +317,7 @@ class _ReadPipe:
     def _top_up(self) -> None:
         while self.next_off < self.end and len(self.pending) < self.depth:
             size = min(self.block, self.end - self.next_off)
-            self.pending.append(asyncio.ensure_future(self.fh.read(size, self.next_off)))
+            self.pending.append(asyncio.ensure_future(_read_block(self.fh, self.next_off, size)))
             self.next_off += size
 
     async def take(self, n: int) -> bytes:
@@ -410,7 +448,7 @@ class _WritePipe:
         for i in range(0, len(data), self.block):
             piece = bytes(view[i:i + self.block])
             await self._reap(WRITE_BEHIND - len(piece))
-            fut = asyncio.ensure_future(self.fh.write(piece, self.offset))
+            fut = asyncio.ensure_future(_write_block(self.fh, self.offset, piece))
             self.tasks.append((fut, len(piece)))
             self.inflight += len(piece)
             self.offset += len(piece)
