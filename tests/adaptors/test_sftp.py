@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import threading
@@ -97,10 +98,11 @@ def test_key_file_site_and_server_copy(sftp_site, tmp_path: Path) -> None:
         a.close()
 
 
-def test_key_deployment_end_to_end(sshd_server: SSHServer, tmp_path: Path) -> None:
+def test_key_deployment_end_to_end(sshd_server: SSHServer, tmp_path: Path, caplog) -> None:
     """Password in the options: first use installs the key; the password is
     stored nowhere; a new adaptor without it still works; removing the line
     from authorized_keys makes the site unavailable."""
+    caplog.set_level(logging.DEBUG)  # asyncssh, paramiko and ours, everything
     records = MemoryRecords()
     data_dir = tmp_path / "data"
     ctx = make_context(data_dir, records)
@@ -133,6 +135,7 @@ def test_key_deployment_end_to_end(sshd_server: SSHServer, tmp_path: Path) -> No
             assert password.encode() not in path.read_bytes(), path
     assert password not in repr(records.data)
     assert password.encode() not in sshd_server.log.read_bytes()
+    assert "installed for" in caplog.text and password not in caplog.text
 
     # a second deployment with the password does not duplicate the line
     b = create_adaptor({**site, "password": password}, ctx)
@@ -169,6 +172,7 @@ def test_key_deployment_end_to_end(sshd_server: SSHServer, tmp_path: Path) -> No
     f.probe()
     assert get(f, "/f") == b"data"
     f.close()
+    assert password not in caplog.text
 
 
 def test_wrong_password_is_unavailable(sshd_server: SSHServer, tmp_path: Path) -> None:
