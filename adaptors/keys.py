@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -31,6 +33,8 @@ import paramiko
 from adaptors import errors
 from adaptors.base import AdaptorContext
 
+log = logging.getLogger(__name__)
+
 #: file names under ``<data_dir>/ssh``
 KEY_DIR = "ssh"
 PRIVATE_KEY_FILE = "gateway_ed25519.key.enc"
@@ -38,6 +42,9 @@ PUBLIC_KEY_FILE = "gateway_ed25519.pub"
 RECORDS_FILE = "deployed-keys.json"
 #: kind of the deployed-key records in the state store
 RECORD_KIND = "sftp_deployed_key"
+#: the sealed gateway key, shared by the processes of one deployment
+KEY_RECORD_KIND = "ssh_gateway_key"
+KEY_RECORD_KEY = "ed25519"
 
 _key_lock = threading.Lock()
 
@@ -65,23 +72,46 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def gateway_key(context: AdaptorContext) -> asyncssh.SSHKey:
-    """The gateway's Ed25519 client key, created (and sealed) on first use."""
+    """The gateway's Ed25519 client key, created (and sealed) on first use.
+
+    Kept sealed in ``<data_dir>/ssh``; when the context has a state store the
+    sealed key is also published there, so that several gateway processes
+    sharing one store use one key (one line in authorized_keys).
+    """
     key_dir = Path(context.data_dir) / KEY_DIR
     enc_path = key_dir / PRIVATE_KEY_FILE
     with _file_lock(key_dir / ".lock"):
-        if enc_path.exists():
-            try:
-                clear = context.decrypt(enc_path.read_bytes())
-                key = asyncssh.import_private_key(clear)
-            except Exception as exc:
-                raise errors.Unavailable(
-                    "cannot unseal the gateway's SSH key (wrong secret_key?)") from exc
-        else:
+        sealed = enc_path.read_bytes() if enc_path.exists() else None
+        if sealed is None and context.records is not None:
+            sealed = _sealed_from_records(context)
+        if sealed is None:
             key = asyncssh.generate_private_key("ssh-ed25519", comment="fedgate-gateway")
-            _write_private(enc_path, context.encrypt(key.export_private_key("openssh")))
-            pub = key_dir / PUBLIC_KEY_FILE
-            pub.write_bytes(key.export_public_key("openssh"))
+            if context.encrypt(b"probe") == b"probe":
+                log.warning("no secret_key configured: the gateway's SSH key in %s is "
+                            "protected by file permissions only", key_dir)
+            sealed = context.encrypt(key.export_private_key("openssh"))
+            if context.records is not None:
+                context.records.put_record(KEY_RECORD_KIND, KEY_RECORD_KEY, {
+                    "sealed": base64.b64encode(sealed).decode(), "created_at": now_iso(),
+                    "public_key": public_line(key)})
+                sealed = _sealed_from_records(context) or sealed  # first writer wins
+        try:
+            key = asyncssh.import_private_key(context.decrypt(sealed))
+        except Exception as exc:
+            raise errors.Unavailable(
+                "cannot unseal the gateway's SSH key (wrong secret_key?)") from exc
+        if not enc_path.exists():
+            _write_private(enc_path, sealed)
+            (key_dir / PUBLIC_KEY_FILE).write_bytes(key.export_public_key("openssh"))
     return key
+
+
+def _sealed_from_records(context: AdaptorContext) -> bytes | None:
+    assert context.records is not None
+    record = context.records.get_record(KEY_RECORD_KIND, KEY_RECORD_KEY)
+    if not record or not record.get("sealed"):
+        return None
+    return base64.b64decode(str(record["sealed"]))
 
 
 def load_key_file(path: str) -> asyncssh.SSHKey:

@@ -420,3 +420,24 @@ def test_frozen_server_gives_an_error_not_a_hang(sshd_factory, tmp_path: Path,
         assert get(a, "/big", 1, 3) == data[1:4]
     finally:
         a.close()
+
+
+def test_gateway_key_shared_through_the_state_store(sshd_server: SSHServer,
+                                                    tmp_path: Path) -> None:
+    """Two gateway processes (own data dirs, one state store, one secret_key)
+    use one key, so a site's authorized_keys gets one line."""
+    records = MemoryRecords()
+    fernet = Fernet(Fernet.generate_key())
+
+    def ctx(d: str) -> AdaptorContext:
+        return AdaptorContext(data_dir=tmp_path / d, encrypt=fernet.encrypt,
+                              decrypt=fernet.decrypt, records=records)
+
+    site = without(sshd_server.site("shared"), "key_file")
+    a = create_adaptor(site, ctx("one"))
+    b = create_adaptor(site, ctx("two"))
+    assert a.public_key() == b.public_key()
+    sealed = records.get_record("ssh_gateway_key", "ed25519")
+    assert sealed and "PRIVATE" not in repr(sealed)
+    a.close()
+    b.close()
