@@ -444,9 +444,8 @@ class _WritePipe:
     async def push(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
-        view = memoryview(data)
         for i in range(0, len(data), self.block):
-            piece = bytes(view[i:i + self.block])
+            piece = data if len(data) <= self.block else data[i:i + self.block]
             await self._reap(WRITE_BEHIND - len(piece))
             fut = asyncio.ensure_future(_write_block(self.fh, self.offset, piece))
             self.tasks.append((fut, len(piece)))
@@ -486,7 +485,9 @@ class _SFTPWriter(Writer):
                 raise ValueError("write after commit/abort")
             n = len(data)
             if not self._buf and n >= WRITE_FLUSH:
-                self._a._run(self._pipe.push(bytes(data)), self._path)
+                # bytes are immutable: no copy needed; anything else is copied once
+                chunk = data if isinstance(data, bytes) else bytes(data)
+                self._a._run(self._pipe.push(chunk), self._path)
             else:
                 self._buf += data
                 if len(self._buf) >= WRITE_FLUSH:
