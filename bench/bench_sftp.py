@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,13 @@ def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def client_cpu() -> float:
+    """CPU seconds used by this process and its finished children (scp/ssh)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> int:
@@ -95,6 +103,7 @@ def main() -> int:
         r.close()
 
     results: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     cases: list[tuple[str, Callable[[], None]]] = [
         ("PUT adaptor", put_adaptor),
         ("PUT scp", lambda: scp(str(src), f"{target}:{remote_dir}/up.scp", None)),
@@ -108,7 +117,9 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     for _ in range(args.repeat):
         for name, fn in cases:
+            c0 = client_cpu()
             results.setdefault(name, []).append(timed(fn))
+            cpu.setdefault(name, []).append(client_cpu() - c0)
     assert (work / "down.adaptor").stat().st_size == size
 
     # listing a directory of many files (made directly on the server's disk)
@@ -141,6 +152,11 @@ def main() -> int:
         print(f"| {op} | {a:.2f} ({mib / a:.0f}) | {s:.2f} ({mib / s:.0f}) | {s / a:.2f}x "
               f"| {g:.2f} ({mib / g:.0f}) | {g / a:.2f}x |")
     print("\nratio = scp time / adaptor time (>= 1: the adaptor is faster)")
+    print("\nclient-side CPU seconds per GiB (median; independent of other load):")
+    for op in ("PUT", "GET"):
+        print(f"  {op}: " + ", ".join(
+            f"{who} {statistics.median(cpu[f'{op} {who}']) * 1024 / mib:.2f}"
+            for who in ("adaptor", "scp", "scp-gcm")))
     print(f"\nlisting {n_listed} files: adaptor.list {statistics.median(lists):.3f} s, "
           f"sftp -b 'ls -l' (new connection included) {statistics.median(sftp_lists):.3f} s")
     print("\nall runs (s):")
