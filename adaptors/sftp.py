@@ -32,6 +32,7 @@ import stat as stat_mod
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -577,6 +578,9 @@ class SFTPAdaptor(Adaptor):
         with self._lock:
             if self._loop is None or self._loop.loop.is_closed():
                 self._loop = _LoopThread(self.name)
+                # an adaptor dropped without close() must not leave its thread behind
+                weakref.finalize(self, self._loop.loop.call_soon_threadsafe,
+                                 self._loop.loop.stop)
                 self._sessions = []
                 self._pool_lock = asyncio.Lock()
                 self._deploy_lock = asyncio.Lock()
