@@ -221,6 +221,11 @@ class _LoopThread:
             self.loop.close()
 
 
+def _stop_soon(loop: asyncio.AbstractEventLoop) -> None:
+    with contextlib.suppress(RuntimeError):  # already closed
+        loop.call_soon_threadsafe(loop.stop)
+
+
 class _Session:
     """One SSH connection with its SFTP client."""
 
@@ -579,8 +584,7 @@ class SFTPAdaptor(Adaptor):
             if self._loop is None or self._loop.loop.is_closed():
                 self._loop = _LoopThread(self.name)
                 # an adaptor dropped without close() must not leave its thread behind
-                weakref.finalize(self, self._loop.loop.call_soon_threadsafe,
-                                 self._loop.loop.stop)
+                weakref.finalize(self, _stop_soon, self._loop.loop)
                 self._sessions = []
                 self._pool_lock = asyncio.Lock()
                 self._deploy_lock = asyncio.Lock()
