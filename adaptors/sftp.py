@@ -573,6 +573,7 @@ class SFTPAdaptor(Adaptor):
         self._pool_lock: asyncio.Lock | None = None
         self._deploy_lock: asyncio.Lock | None = None
         self._connecting = 0
+        self._orphans: set[str] = set()  # temp files to remove on the next connection
 
     def describe(self) -> dict[str, Any]:
         return {"host": self.host, "port": self.port, "type": self.type_name,
@@ -674,6 +675,8 @@ class SFTPAdaptor(Adaptor):
         except Exception as exc:
             raise _connect_error(exc, self.host, self.port, self.name) from exc
         self._password = None  # authenticated with the key: the password is not needed
+        if self._orphans:
+            await self._clean_orphans(session)
         return session
 
     async def _deploy_and_connect(self, key: asyncssh.SSHKey) -> _Session:
@@ -842,17 +845,41 @@ class SFTPAdaptor(Adaptor):
         self._release(session)
 
     async def _discard(self, pipe: _WritePipe, session: _Session, tmp: str) -> None:
+        """Cancel a staged write and remove its temporary file; when the server
+        cannot be reached now, the removal is done on the next connection."""
         try:
             await pipe.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pipe.fh.close(), 10)
-            if session.dead or session.sftp is None:
-                await self._with(lambda sftp, _s: sftp.remove(tmp))
-            else:
-                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                    await asyncio.wait_for(session.sftp.remove(tmp), 10)
+            try:
+                if session.dead or session.sftp is None:
+                    raise ConnectionError("session gone")
+                await asyncio.wait_for(session.sftp.remove(tmp), 10)
+            except asyncssh.SFTPNoSuchFile:
+                pass
+            except Exception:
+                try:
+                    await self._with(lambda sftp, _s: sftp.remove(tmp), retry=False)
+                except asyncssh.SFTPNoSuchFile:
+                    pass
+                except Exception:
+                    self._orphans.add(tmp)
         finally:
             self._release(session)
+
+    async def _clean_orphans(self, session: _Session) -> None:
+        """Remove temporary files of uploads aborted while the server was away."""
+        assert session.sftp is not None
+        for tmp in list(self._orphans):
+            try:
+                await session.sftp.remove(tmp)
+            except asyncssh.SFTPNoSuchFile:
+                pass
+            except Exception as exc:  # still cannot: keep it for the next connection
+                log.debug("site %s: temporary file not removed yet: %s", self.name,
+                          exc.__class__.__name__)
+                continue
+            self._orphans.discard(tmp)
 
     # -- the interface -----------------------------------------------------------------
     def stat(self, path: str) -> Entry:
