@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adaptors import create_adaptor
 from adaptors.base import AdaptorContext
-from tests.servers.sshd import chown_user, missing_reason, start_sshd
+from tests.servers.sshd import chown_user, missing_reason, remove_user, start_sshd
 
 MiB = 1024 * 1024
 
@@ -140,6 +141,8 @@ def main() -> int:
     load_after = os.getloadavg()[0]
     adaptor.close()
     server.stop()
+    remove_user(server.user)
+    shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}
     mib = size / MiB

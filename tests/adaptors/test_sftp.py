@@ -228,6 +228,13 @@ def test_known_hosts_file_and_rsa_pin(sshd_server: SSHServer, tmp_path: Path) ->
                        make_context(tmp_path))
     b.probe()
     b.close()
+    # ... also for the password login of the key deployment (paramiko)
+    site_pw = without({**site, "host_key": sshd_server.rsa_host_key_line,
+                       "password": sshd_server.password}, "key_file")
+    d = create_adaptor(site_pw, make_context(tmp_path / "rsa"))
+    d.probe()
+    assert d.key_status() == "installed"
+    d.close()
     kh.write_text(f"[127.0.0.1]:{sshd_server.port} {sshd_server.rsa_host_key_line[:30]}x\n")
     c = create_adaptor({**site, "known_hosts": str(tmp_path / "missing")}, make_context(tmp_path))
     with pytest.raises(errors.Unavailable, match="known_hosts"):

@@ -3,8 +3,8 @@
 Fixtures:
 
 * ``sshd_server`` (session): one ``/usr/sbin/sshd -D`` on a free port, with its
-  own host keys, serving the test account ``fgsftp`` (random password, set
-  per session) with ``internal-sftp``.
+  own host keys, serving a test account made for this process (``fgsftp<pid>``,
+  random password, deleted at the end) with ``internal-sftp``.
 * ``sftp_site`` (function): site options for a fresh empty directory on it,
   authenticated with a client key file (``key_file``) already authorized.
 * ``sshd_factory`` (function): start more servers (for tests that stop one).
@@ -32,7 +32,9 @@ from typing import Any
 import pytest
 
 SSHD = "/usr/sbin/sshd"
-TEST_USER = "fgsftp"
+#: one test account per process (parallel test runs must not share passwords
+#: or authorized_keys); removed at the end of the session
+TEST_USER = f"fgsftp{os.getpid()}"
 
 
 def missing_reason() -> str | None:
@@ -40,7 +42,7 @@ def missing_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root to add the test account and run sshd"
     for tool in (SSHD, shutil.which("ssh-keygen"), shutil.which("useradd"),
-                 shutil.which("chpasswd")):
+                 shutil.which("userdel"), shutil.which("chpasswd")):
         if not tool or not os.path.exists(tool):
             return (f"missing {tool or 'ssh-keygen/useradd/chpasswd'} "
                     "(apt-get install openssh-server)")
@@ -167,6 +169,13 @@ class SSHServer:
                 "max_connections": 8}
 
 
+def remove_user(name: str = TEST_USER) -> None:
+    """Delete the test account and its home (end of session)."""
+    _users.pop(name, None)
+    subprocess.run(["userdel", "-r", "-f", name], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def start_sshd(workdir: Path, user: str = TEST_USER) -> SSHServer:
     """Start an sshd for ``user`` on a free port (keys and config in ``workdir``)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +227,7 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
+    remove_user(server.user)
 
 
 @pytest.fixture
