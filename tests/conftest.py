@@ -18,7 +18,9 @@ from fedgate.config import Config, build_config
 from fedgate.federation import Federation
 from fedgate.store import open_store
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.servers.sshd",
+]
 
 ALICE_PW = "alice-secret-pw"
 _HASH_CACHE: dict[str, str] = {}
