@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import math
 import mimetypes
 import re
@@ -78,6 +79,7 @@ from adaptors.base import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -319,16 +321,19 @@ class _S3Writer(Writer):
         try:
             while len(self._buf) >= self._part_size():
                 self._wait_slots(self._concurrency - 1)
+                # hand the buffer itself over (no copy of the part); only the
+                # overshoot past the part size is copied into the next buffer
                 size = self._part_size()
-                part = bytes(self._buf[:size])
-                del self._buf[:size]
+                part = self._buf
+                self._buf = bytearray(memoryview(part)[size:])
+                del part[size:]
                 self._submit(part)
         except BaseException:
             self._fail()
             raise
         return n
 
-    def _submit(self, part: bytes) -> None:
+    def _submit(self, part: bytearray) -> None:
         if self._upload_id is None:
             self._upload_id = self._a._run(
                 self._a._create_multipart(self._key, self._content_type), self._path)
@@ -367,8 +372,7 @@ class _S3Writer(Writer):
                              self._path)
             else:
                 if self._buf:
-                    part = bytes(self._buf)
-                    self._buf = bytearray()
+                    part, self._buf = self._buf, bytearray()
                     self._wait_slots(self._concurrency - 1)
                     self._submit(part)
                 self._wait_slots(0)
@@ -412,8 +416,8 @@ class _S3Writer(Writer):
         if not getattr(self, "_done", True):
             try:
                 self._fail()
-            except Exception:
-                pass
+            except Exception as exc:
+                log.debug("abort of an unreferenced upload failed: %s", exc.__class__.__name__)
 
 
 # -- the adaptor -------------------------------------------------------------------
@@ -622,8 +626,8 @@ class S3Adaptor(Adaptor):
         try:
             asyncio.run_coroutine_threadsafe(
                 creator.__aexit__(None, None, None), self._loop).result(10)
-        except Exception:
-            pass
+        except Exception as exc:
+            log.debug("closing the S3 client failed: %s", exc.__class__.__name__)
 
     # -- key mapping ------------------------------------------------------------------
     def _key(self, path: str) -> str:
@@ -726,7 +730,7 @@ class S3Adaptor(Adaptor):
         resp = await s3.create_multipart_upload(**kwargs)
         return str(resp["UploadId"])
 
-    async def _upload_part(self, key: str, upload_id: str, number: int, data: bytes,
+    async def _upload_part(self, key: str, upload_id: str, number: int, data: bytearray,
                            finished: threading.Event) -> str:
         try:
             s3 = await self._client()
