@@ -21,7 +21,9 @@ Writes (memory bound)
     multipart upload with at most ``upload_concurrency`` parts in flight, so a
     writer holds at most about ``(upload_concurrency + 1) * part_size`` bytes
     (defaults: ``part_size`` = 8 MiB, ``upload_concurrency`` = 4, i.e. about
-    40 MiB per concurrent upload, whatever the file size).  The object appears
+    40 MiB per concurrent upload, whatever the file size).  Part buffers are
+    handed to the upload without copying and sent in 1 MiB slices, so the
+    socket layer adds no second copy of a part.  The object appears
     only at ``CompleteMultipartUpload`` in ``commit()``; ``abort()``, a failed
     part, a failed commit or garbage collection of an uncommitted writer abort
     the multipart upload (no partial object, no pending upload left).  When
@@ -60,7 +62,7 @@ import mimetypes
 import re
 import threading
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
@@ -282,6 +284,44 @@ class _S3Reader:
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
             self.close()
+
+
+class _PartBody:
+    """The body of one uploaded part.  botocore sees a seekable file (length,
+    rewind on retry, hashing when ``sign_payload``); aiohttp sees an async
+    iterable and sends it in 1 MiB slices, awaiting the socket between slices,
+    so no second copy of the part piles up in the transport's buffer."""
+
+    SLICE = 1 * MiB
+
+    def __init__(self, data: bytearray) -> None:
+        self._data = data
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size is None or size < 0 else self._pos + size
+        chunk = bytes(self._data[self._pos:end])
+        self._pos += len(chunk)
+        return chunk
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._data)}[whence]
+        self._pos = max(0, min(len(self._data), base + pos))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __aiter__(self) -> AsyncIterator[memoryview]:
+        return self._slices()
+
+    async def _slices(self) -> AsyncIterator[memoryview]:
+        view = memoryview(self._data)
+        for i in range(0, len(view), self.SLICE):
+            yield view[i:i + self.SLICE]
 
 
 class _S3Writer(Writer):
@@ -735,7 +775,8 @@ class S3Adaptor(Adaptor):
         try:
             s3 = await self._client()
             resp = await s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                        PartNumber=number, Body=data)
+                                        PartNumber=number, Body=_PartBody(data),
+                                        ContentLength=len(data))
             return str(resp["ETag"])
         finally:
             finished.set()
