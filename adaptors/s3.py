@@ -64,6 +64,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -220,6 +221,27 @@ def _utc(value: Any) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """Fast timestamp parser for botocore responses: ISO 8601 (listings) and
+    RFC 1123 (headers) in aware UTC, botocore's own parser for anything else."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            try:
+                parsed = parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                parsed = None
+        if parsed is not None:
+            if parsed.tzinfo is None:
+                return parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC)
+    from botocore.parsers import DEFAULT_TIMESTAMP_PARSER
+
+    result: datetime = DEFAULT_TIMESTAMP_PARSER(value)
+    return result
 
 
 def _unquote(etag: Any) -> str | None:
@@ -626,8 +648,16 @@ class S3Adaptor(Adaptor):
                 client_kwargs["verify"] = False
             elif ca:
                 client_kwargs["verify"] = str(ca)
+        from aiobotocore.session import AioSession
+
+        session = AioSession()
+        # botocore parses every listed LastModified with dateutil, which costs
+        # more than the request itself on big listings
+        session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=parse_timestamp)
         return s3fs.S3FileSystem(
             anon=self._anonymous,
+            session=session,
             key=self._access_key, secret=self._secret_key, token=self._token,
             endpoint_url=self.endpoint_url,
             client_kwargs=client_kwargs,

@@ -436,3 +436,16 @@ def test_signed_payload_multipart(s3_site: dict[str, Any], tmp_path: Path) -> No
     put(a, "/signed", data, chunk=MiB + 1)
     assert get(a, "/signed") == data
     a.close()
+
+
+def test_parse_timestamp() -> None:
+    from datetime import UTC, datetime
+
+    from adaptors.s3 import parse_timestamp
+
+    want = datetime(2026, 11, 22, 4, 20, 39, tzinfo=UTC)
+    assert parse_timestamp("2026-11-22T04:20:39.000Z") == want
+    assert parse_timestamp("Sun, 22 Nov 2026 04:20:39 GMT") == want
+    assert parse_timestamp("2026-11-22T05:20:39+01:00") == want
+    assert parse_timestamp(1795321239) == want
+    assert parse_timestamp("Sun, 22 Nov 2026 04:20:39 GMT").tzinfo is UTC
