@@ -258,39 +258,82 @@ _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 # -- readers and writers ---------------------------------------------------------
 class _S3Reader:
-    """Streams the body of one GetObject, one IO-loop hop per ``read``."""
+    """Streams the body of one GetObject.  One IO-loop hop per ``read`` of at
+    least ``READ_CHUNK`` bytes (smaller reads are served from a buffer of at
+    most that size).  When the connection breaks mid-body, the rest is asked
+    for again (Range from the current position, If-Match the ETag) up to
+    ``RESUMES`` times, so a long download survives a transient fault."""
 
-    def __init__(self, adaptor: S3Adaptor, body: Any, path: str) -> None:
+    RESUMES = 3
+
+    def __init__(self, adaptor: S3Adaptor, path: str, key: str, resp: dict[str, Any] | None,
+                 position: int, end: int | None) -> None:
         self._adaptor = adaptor
-        self._body = body
         self._path = path
-        self._closed = body is None
+        self._key = key
+        self._body: Any = resp["Body"] if resp else None
+        self._etag: str | None = resp.get("ETag") if resp else None
+        self._pos = position
+        self._end = end  # exclusive end, None = to EOF
+        self._buf = b""
+        self._resumes = 0
+        self._closed = self._body is None
 
-    async def _read(self, size: int) -> bytes:
-        if size < 0:
-            out = await self._body.read()
-            return bytes(out)
+    async def _fill(self, size: int) -> bytes:
         parts: list[bytes] = []
         want = size
         while want > 0:
-            chunk = await self._body.read(want)
+            try:
+                chunk = await self._body.read(want if want < (1 << 62) else -1)
+            except Exception as exc:
+                if self._resumes >= self.RESUMES or not isinstance(
+                        self._adaptor._translate(exc, self._path), errors.Transient):
+                    raise
+                self._resumes += 1
+                await self._reopen()
+                continue
             if not chunk:
                 break
             parts.append(chunk)
             want -= len(chunk)
+            self._pos += len(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _reopen(self) -> None:
+        old, self._body = self._body, None
+        try:
+            old.close()
+        except Exception as exc:
+            log.debug("closing a broken response failed: %s", exc.__class__.__name__)
+        s3 = await self._adaptor._client()
+        rng = f"bytes={self._pos}-" + ("" if self._end is None else str(self._end - 1))
+        kwargs: dict[str, Any] = {"Bucket": self._adaptor.bucket, "Key": self._key,
+                                  "Range": rng}
+        if self._etag:
+            kwargs["IfMatch"] = self._etag
+        resp = await s3.get_object(**kwargs)
+        self._body = resp["Body"]
 
     def read(self, size: int = -1) -> bytes:
         if self._closed:
             return b""
         if size == 0:
             return b""
-        return self._adaptor._run(self._read(size), self._path)
+        if size < 0:
+            data = self._buf + self._adaptor._run(self._fill(1 << 62), self._path)
+            self._buf = b""
+            return data
+        if len(self._buf) < size:
+            want = max(size - len(self._buf), READ_CHUNK)
+            self._buf += self._adaptor._run(self._fill(want), self._path)
+        data, self._buf = self._buf[:size], self._buf[size:]
+        return data
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._buf = b""
         body, self._body = self._body, None
         if body is None:
             return
@@ -989,9 +1032,9 @@ class S3Adaptor(Adaptor):
             raise errors.IsADirectory("is a directory", path)
         if length is not None and length <= 0:
             self.stat(path)  # still NotFound for a missing file
-            return _S3Reader(self, None, path)
+            return _S3Reader(self, path, key, None, offset, offset)
 
-        async def go() -> Any:
+        async def go() -> dict[str, Any] | None:
             from botocore.exceptions import ClientError
 
             s3 = await self._client()
@@ -1000,7 +1043,7 @@ class S3Adaptor(Adaptor):
                 end = "" if length is None else str(offset + length - 1)
                 kwargs["Range"] = f"bytes={offset}-{end}"
             try:
-                resp = await s3.get_object(**kwargs)
+                resp: dict[str, Any] = await s3.get_object(**kwargs)
             except ClientError as exc:
                 code = str(exc.response.get("Error", {}).get("Code") or "")
                 if code == "InvalidRange":  # offset at or past the end
@@ -1010,9 +1053,11 @@ class S3Adaptor(Adaptor):
                 if code in _NOT_FOUND_CODES and await self._is_dir(path):
                     raise errors.IsADirectory("is a directory", path) from exc
                 raise
-            return resp["Body"]
+            return resp
 
-        return _S3Reader(self, self._run(go(), path), path)
+        resp = self._run(go(), path)
+        return _S3Reader(self, path, key, resp, offset,
+                         None if length is None else offset + length)
 
     def open_write(self, path: str, size_hint: int | None = None) -> Writer:
         self.check_writable(path)

@@ -449,3 +449,26 @@ def test_parse_timestamp() -> None:
     assert parse_timestamp("2026-11-22T05:20:39+01:00") == want
     assert parse_timestamp(1795321239) == want
     assert parse_timestamp("Sun, 22 Nov 2026 04:20:39 GMT").tzinfo is UTC
+
+
+def test_read_resumes_after_broken_connection(adaptor: S3Adaptor) -> None:
+    data = os.urandom(6 * MiB + 11)
+    put(adaptor, "/resume", data, chunk=MiB)
+    r = adaptor.open_read("/resume", 5, len(data) - 10)
+    first = r.read(MiB)
+    # break the connection under the reader, as a network fault would
+    body = r._body  # type: ignore[attr-defined]
+    adaptor._run(_close_soon(body))
+    rest = b""
+    while True:
+        b = r.read(8192)
+        if not b:
+            break
+        rest += b
+    r.close()
+    assert first + rest == data[5:-5]
+    assert r._resumes == 1  # type: ignore[attr-defined]
+
+
+async def _close_soon(body: Any) -> None:
+    body.close()
