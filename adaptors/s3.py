@@ -42,8 +42,16 @@ Copies
 
 Errors and retries
     botocore's ``standard`` retry mode retries SlowDown/throttling, 5xx and
-    connection faults with exponential backoff (``max_attempts``).  All
-    back-end exceptions are translated in :func:`translate_error`.
+    connection faults with exponential backoff (``max_attempts``, default 3;
+    ``connect_timeout`` 5 s, ``read_timeout`` 60 s).  A GET whose connection
+    breaks mid-body resumes from where it stopped.  All back-end exceptions
+    are translated in :func:`translate_error`; a missing bucket, refused
+    credentials, a refused connection or a bad option give
+    :class:`errors.Unavailable` with a reason (never a secret).
+
+Connections
+    Up to ``4 * max_connections`` pooled HTTP connections per site (at least
+    ``2 * upload_concurrency + 4``).  An open reader holds one.
 
 Payload signing
     Request bodies are sent with ``UNSIGNED-PAYLOAD`` unless ``sign_payload``
@@ -512,8 +520,10 @@ class _S3Writer(Writer):
         # wait until cancelled parts really stopped so none lands after the abort
         for _, _, ev in inflight:
             ev.wait(60)
+        if not loop.is_running():  # interpreter shutting down
+            return
         try:
-            self._a._run(self._a._abort_multipart(self._key, upload_id), self._path)
+            self._a._run(self._a._abort_multipart(self._key, upload_id), self._path, 120)
         except errors.AdaptorError:
             pass  # best effort; S3 lifecycle rules reap what is left
 
@@ -549,9 +559,9 @@ class S3Adaptor(Adaptor):
                                          help="parts of one upload in flight at once"),
         "copy_part_size": OptionSpec(int, default=DEFAULT_COPY_PART_SIZE,
                                      help="UploadPartCopy piece size for copies > 5 GiB"),
-        "max_attempts": OptionSpec(int, default=5,
+        "max_attempts": OptionSpec(int, default=3,
                                    help="attempts per request (botocore standard retries)"),
-        "connect_timeout": OptionSpec((int, float), default=10),
+        "connect_timeout": OptionSpec((int, float), default=5),
         "read_timeout": OptionSpec((int, float), default=60),
         "verify_tls": OptionSpec(bool, default=True),
         "ca_bundle": OptionSpec(str, help="CA bundle for https endpoints"),
@@ -648,8 +658,11 @@ class S3Adaptor(Adaptor):
     def _translate(self, exc: BaseException, path: str) -> errors.AdaptorError:
         return translate_error(exc, path, self.bucket, self._endpoint_display)
 
-    def _run(self, coro: Coroutine[Any, Any, T], path: str = "") -> T:
-        """Run a coroutine on the IO loop from a sync caller, translating errors."""
+    def _run(self, coro: Coroutine[Any, Any, T], path: str = "",
+             timeout: float | None = None) -> T:
+        """Run a coroutine on the IO loop from a sync caller, translating errors.
+        No timeout by default: botocore's connect/read timeouts bound every
+        request."""
         if self._config_error:
             coro.close()
             raise errors.Unavailable(f"bad configuration: {self._config_error}", path)
@@ -658,7 +671,7 @@ class S3Adaptor(Adaptor):
             raise RuntimeError("S3Adaptor called from its own IO loop thread")
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return fut.result()
+            return fut.result(timeout)
         except (KeyboardInterrupt, SystemExit):
             fut.cancel()
             raise
@@ -670,9 +683,9 @@ class S3Adaptor(Adaptor):
         import s3fs
 
         config: dict[str, Any] = {
-            "connect_timeout": float(self.options.get("connect_timeout") or 10),
+            "connect_timeout": float(self.options.get("connect_timeout") or 5),
             "read_timeout": float(self.options.get("read_timeout") or 60),
-            "retries": {"max_attempts": max(1, int(self.options.get("max_attempts") or 5)),
+            "retries": {"max_attempts": max(1, int(self.options.get("max_attempts") or 3)),
                         "mode": "standard"},
             "max_pool_connections": self._pool_size,
             "s3": {"addressing_style": self.addressing_style,
