@@ -472,3 +472,18 @@ def test_read_resumes_after_broken_connection(adaptor: S3Adaptor) -> None:
 
 async def _close_soon(body: Any) -> None:
     body.close()
+
+
+def test_requests_run_on_the_io_thread(adaptor: S3Adaptor) -> None:
+    """Calls from many threads are all sent from the one IO-loop thread."""
+    adaptor.list("/")
+    seen: set[str] = set()
+
+    def note(**_: Any) -> None:
+        seen.add(threading.current_thread().name)
+
+    adaptor._client_obj.meta.events.register("before-send.s3", note)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: put(adaptor, f"/t{i}", b"x" * i), range(16)))
+        list(pool.map(lambda i: adaptor.stat(f"/t{i}"), range(16)))
+    assert seen == {"fedgate-s3-io"}
