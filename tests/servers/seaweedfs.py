@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -91,6 +92,68 @@ class SeaweedFS:
         }
         opts.update(extra)
         return opts
+
+
+class CountingProxy:
+    """A transparent TCP relay on 127.0.0.1 that counts the bytes crossing it in
+    each direction: put it between an adaptor and the server to see how much
+    data really travels through the adaptor's process (not a protocol mock)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sent = 0  # client -> server
+        self.received = 0  # server -> client
+        self._lock = threading.Lock()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self.sent + self.received
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
+        buf = bytearray(1 << 20)
+        try:
+            while True:
+                n = src.recv_into(buf)
+                if not n:
+                    break
+                dst.sendall(memoryview(buf)[:n])
+                with self._lock:
+                    if outbound:
+                        self.sent += n
+                    else:
+                        self.received += n
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
 
 
 def _wait_ready(server: SeaweedFS, deadline: float) -> None:
