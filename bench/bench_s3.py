@@ -11,6 +11,9 @@ table (median of ``--runs``):
   blocks; reader asked for 1 MiB blocks) vs a direct s3fs transfer doing the same
   (``S3FileSystem.open(..., "wb"/"rb")``, s3fs defaults) and the ratio
   (adaptor throughput / s3fs throughput);
+* a server-side copy of that file (adaptor ``copy()`` through a counting TCP
+  relay, which shows how many bytes crossed the adaptor's process, vs s3fs
+  ``copy``);
 * ``list()`` of a prefix holding ``--keys`` objects vs s3fs ``ls(detail=True)``
   (listings cache off);
 * peak RSS growth of a fresh process while it writes the file through the
@@ -225,7 +228,13 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace) -> None:
     fs.ls(f"{cfg['bucket']}/")
     rows: list[tuple[str, str, str, str]] = []
 
-    put_a, put_f, get_a, get_f = [], [], [], []
+    from urllib.parse import urlsplit
+
+    from tests.servers.seaweedfs import CountingProxy
+
+    proxy = CountingProxy(urlsplit(cfg["endpoint"]).port or 80)
+    counted = adaptor_for({**cfg, "endpoint": f"http://127.0.0.1:{proxy.port}"}, prefix)
+    put_a, put_f, get_a, get_f, cp_a, cp_f, cp_bytes = [], [], [], [], [], [], []
     for i in range(args.runs):
         put_a.append(put_adaptor(a, f"/a{i}", size))
         put_f.append(put_s3fs(fs, f"{url}f{i}", size))
@@ -235,8 +244,19 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace) -> None:
         t, n = get_s3fs(fs, f"{url}f{i}")
         assert n == size * MiB
         get_f.append(t)
+        before = proxy.total
+        t0 = time.perf_counter()
+        counted.copy(f"/a{i}", f"/c{i}")
+        cp_a.append(time.perf_counter() - t0)
+        cp_bytes.append(proxy.total - before)
+        t0 = time.perf_counter()
+        fs.copy(f"{url}f{i}", f"{url}g{i}")
+        cp_f.append(time.perf_counter() - t0)
         a.remove(f"/a{i}")
+        a.remove(f"/c{i}")
         fs.rm(f"{url}f{i}")
+        fs.rm(f"{url}g{i}")
+    proxy.close()
 
     def thr(ts: list[float]) -> float:
         return size / statistics.median(ts)
@@ -246,6 +266,11 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace) -> None:
                      f"{statistics.median(ta):.2f} s ({thr(ta):.0f} MiB/s)",
                      f"{statistics.median(tf):.2f} s ({thr(tf):.0f} MiB/s)",
                      f"{thr(ta) / thr(tf):.2f}x"))
+
+    rows.append((f"server-side COPY {size} MiB",
+                 f"{statistics.median(cp_a):.2f} s, {max(cp_bytes) / 1024:.0f} KiB via adaptor",
+                 f"{statistics.median(cp_f):.2f} s",
+                 f"{statistics.median(cp_f) / statistics.median(cp_a):.2f}x"))
 
     list_prefix = f"{prefix}many/"
     t0 = time.perf_counter()
@@ -281,7 +306,7 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace) -> None:
     print("-|-".join("-" * w for w in widths))
     for r in rows:
         print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    print("\nratio: adaptor throughput / s3fs throughput (listing: s3fs time / adaptor time)")
+    print("\nratio: adaptor throughput / s3fs throughput (copy, listing: s3fs time / adaptor time)")
 
 
 if __name__ == "__main__":
