@@ -175,6 +175,18 @@ def _wait_ready(server: SeaweedFS, deadline: float) -> None:
     raise RuntimeError(f"SeaweedFS S3 not ready: {last!r}")
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies (Linux), so a killed
+    pytest run leaves no server behind."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def start_seaweedfs(base: Path, weed: str) -> SeaweedFS:
     """Start ``weed server`` (retrying with new ports if one got taken)."""
     access, secret = "fedgate" + secrets.token_hex(4), secrets.token_hex(16)
@@ -198,7 +210,7 @@ def start_seaweedfs(base: Path, weed: str) -> SeaweedFS:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         with open(log, "wb") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         server = SeaweedFS(f"http://127.0.0.1:{s3}", access, secret, BUCKET, log, proc)
         try:
             _wait_ready(server, time.monotonic() + 90)
