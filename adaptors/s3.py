@@ -397,6 +397,16 @@ class _PartBody:
             yield view[i:i + self.SLICE]
 
 
+class _PartState:
+    """Whether one part upload's coroutine started and whether it finished."""
+
+    __slots__ = ("finished", "started")
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.finished = threading.Event()
+
+
 class _S3Writer(Writer):
     """A staged upload: one PutObject for small files, otherwise a multipart
     upload with a bounded number of parts in flight (see module docstring)."""
@@ -414,7 +424,7 @@ class _S3Writer(Writer):
         self._upload_id: str | None = None
         self._next_part = 1
         self._parts: dict[int, str] = {}
-        self._inflight: list[tuple[int, concurrent.futures.Future[str], threading.Event]] = []
+        self._inflight: list[tuple[int, concurrent.futures.Future[str], _PartState]] = []
         self._done = False
         self.bytes_written = 0
         self._content_type = adaptor.guess_type(path)
@@ -452,18 +462,18 @@ class _S3Writer(Writer):
                 self._a._create_multipart(self._key, self._content_type), self._path)
         number = self._next_part
         self._next_part += 1
-        finished = threading.Event()
+        state = _PartState()
         fut = asyncio.run_coroutine_threadsafe(
-            self._a._upload_part(self._key, self._upload_id, number, part, finished),
+            self._a._upload_part(self._key, self._upload_id, number, part, state),
             self._a._loop)
-        self._inflight.append((number, fut, finished))
+        self._inflight.append((number, fut, state))
 
     def _wait_slots(self, keep: int) -> None:
         """Wait until at most ``keep`` parts are in flight; raise on a failed part."""
         while len(self._inflight) > keep:
             futs = [f for _, f, _ in self._inflight]
             concurrent.futures.wait(futs, return_when=concurrent.futures.FIRST_COMPLETED)
-            still: list[tuple[int, concurrent.futures.Future[str], threading.Event]] = []
+            still: list[tuple[int, concurrent.futures.Future[str], _PartState]] = []
             for number, fut, ev in self._inflight:
                 if fut.done():
                     try:
@@ -517,11 +527,18 @@ class _S3Writer(Writer):
         if _on_io_thread(loop):  # garbage-collected on the IO thread: cannot block
             loop.create_task(self._a._abort_multipart(self._key, upload_id))
             return
-        # wait until cancelled parts really stopped so none lands after the abort
-        for _, _, ev in inflight:
-            ev.wait(60)
         if not loop.is_running():  # interpreter shutting down
             return
+        # wait until cancelled parts really stopped so none lands after the abort:
+        # after a barrier on the loop every part either ran its first step
+        # (``started``; it will set ``finished``) or was cancelled before it
+        try:
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(60)
+        except Exception as exc:
+            log.debug("IO loop barrier failed: %s", exc.__class__.__name__)
+        for _, _, state in inflight:
+            if state.started.is_set():
+                state.finished.wait(60)
         try:
             self._a._run(self._a._abort_multipart(self._key, upload_id), self._path, 120)
         except errors.AdaptorError:
@@ -857,7 +874,8 @@ class S3Adaptor(Adaptor):
         return str(resp["UploadId"])
 
     async def _upload_part(self, key: str, upload_id: str, number: int, data: bytearray,
-                           finished: threading.Event) -> str:
+                           state: _PartState) -> str:
+        state.started.set()  # no await before the try: cancellation cannot slip in
         try:
             s3 = await self._client()
             resp = await s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
@@ -865,7 +883,7 @@ class S3Adaptor(Adaptor):
                                         ContentLength=len(data))
             return str(resp["ETag"])
         finally:
-            finished.set()
+            state.finished.set()
 
     async def _complete_multipart(self, key: str, upload_id: str,
                                   parts: list[dict[str, Any]]) -> None:

@@ -498,3 +498,17 @@ def test_requests_run_on_the_io_thread(adaptor: S3Adaptor) -> None:
         list(pool.map(lambda i: put(adaptor, f"/t{i}", b"x" * i), range(16)))
         list(pool.map(lambda i: adaptor.stat(f"/t{i}"), range(16)))
     assert seen == {"fedgate-s3-io"}
+
+
+def test_abort_right_after_a_part_was_queued(adaptor: S3Adaptor,
+                                             seaweedfs_server: SeaweedFS) -> None:
+    """Aborting while parts are still queued on the IO loop neither hangs nor
+    leaves an upload behind."""
+    for i in range(5):
+        w = adaptor.open_write(f"/q{i}")
+        t0 = time.monotonic()
+        w.write(bytes(adaptor.part_size * 2))
+        w.abort()
+        assert time.monotonic() - t0 < 30
+    assert pending_uploads(seaweedfs_server, adaptor.prefix) == []
+    assert adaptor.list("/") == []
