@@ -20,6 +20,8 @@ from fedgate.store import open_store
 
 pytest_plugins: list[str] = [
     "tests.servers.sshd",
+    "tests.servers.seaweedfs",
+    "tests.servers.gridftp",
 ]
 
 ALICE_PW = "alice-secret-pw"

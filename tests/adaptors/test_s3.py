@@ -1,0 +1,514 @@
+"""The ``s3`` adaptor against a real SeaweedFS S3 server on loopback."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adaptors import create_adaptor, errors
+from adaptors.base import AdaptorContext, Capability, stream_copy
+from adaptors.s3 import (
+    DEFAULT_PART_SIZE,
+    DEFAULT_UPLOAD_CONCURRENCY,
+    MiB,
+    S3Adaptor,
+    translate_error,
+)
+from tests.adaptors.contract import AdaptorContract, get, names, put
+from tests.servers.seaweedfs import CountingProxy, SeaweedFS, free_port_pairs
+
+
+def make(options: dict[str, Any], tmp_path: Path) -> S3Adaptor:
+    a = create_adaptor(options, AdaptorContext(data_dir=tmp_path))
+    assert isinstance(a, S3Adaptor)
+    return a
+
+
+@pytest.fixture
+def adaptor(s3_site: dict[str, Any], tmp_path: Path):
+    a = make(s3_site, tmp_path)
+    yield a
+    a.close()
+
+
+def pending_uploads(server: SeaweedFS, prefix: str) -> list[str]:
+    resp = server.client().list_multipart_uploads(Bucket=server.bucket, Prefix=prefix)
+    return [u["Key"] for u in resp.get("Uploads", [])]
+
+
+@pytest.fixture
+def raw_listing(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS):
+    """Names the server holds directly under a site path, plus any multipart
+    upload still pending there (which must never survive a write)."""
+    client = seaweedfs_server.client()
+
+    def listing(path: str) -> list[str]:
+        prefix = adaptor.prefix + (path.strip("/") + "/" if path.strip("/") else "")
+        resp = client.list_objects_v2(Bucket=adaptor.bucket, Prefix=prefix, Delimiter="/")
+        out = [o["Key"][len(prefix):] for o in resp.get("Contents", [])]
+        out += [p["Prefix"][len(prefix):].rstrip("/") for p in resp.get("CommonPrefixes", [])]
+        out += [f"{k[len(prefix):]} (pending multipart upload)"
+                for k in pending_uploads(seaweedfs_server, prefix)]
+        return [n for n in out if n]
+
+    return listing
+
+
+class TestS3Contract(AdaptorContract):
+    pass
+
+
+# -- configuration and failures ------------------------------------------------------
+def test_options_declared() -> None:
+    opts = S3Adaptor.OPTIONS
+    for key in ("endpoint_url", "bucket", "prefix", "access_key_id", "secret_access_key",
+                "region", "addressing_style", "part_size", "upload_concurrency"):
+        assert key in opts, key
+    assert opts["bucket"].required
+    assert opts["secret_access_key"].secret and opts["access_key_id"].secret
+    assert opts["part_size"].default == DEFAULT_PART_SIZE == 8 * MiB
+    assert opts["upload_concurrency"].default == DEFAULT_UPLOAD_CONCURRENCY
+    assert Capability.SERVER_COPY in S3Adaptor.capabilities
+
+
+def test_constructor_does_no_io(tmp_path: Path) -> None:
+    a = make({"name": "x", "type": "s3", "endpoint_url": "http://127.0.0.1:1",
+              "bucket": "nope"}, tmp_path)
+    assert a.describe() == {"host": "127.0.0.1", "port": 1, "type": "s3", "mount": "nope/"}
+
+
+def test_missing_bucket_unavailable(seaweedfs_server: SeaweedFS, tmp_path: Path) -> None:
+    a = make(seaweedfs_server.site("", bucket="no-such-bucket-" + uuid.uuid4().hex[:8]),
+             tmp_path)
+    with pytest.raises(errors.Unavailable, match="does not exist"):
+        a.probe()
+    for call in (lambda: a.list("/"), lambda: a.stat("/"), lambda: a.stat("/x"),
+                 lambda: a.open_write("/x")):
+        with pytest.raises(errors.Unavailable, match="does not exist"):
+            call()
+
+
+def test_wrong_credentials_unavailable(seaweedfs_server: SeaweedFS, tmp_path: Path) -> None:
+    a = make(seaweedfs_server.site("p/", secret_access_key="wrong-secret-123"), tmp_path)
+    with pytest.raises(errors.Unavailable, match="authentication failed") as info:
+        a.probe()
+    assert "wrong-secret" not in str(info.value)
+    for call in (lambda: a.list("/"), lambda: a.stat("/f"), lambda: get(a, "/f")):
+        with pytest.raises(errors.Unavailable, match="authentication failed"):
+            call()
+    b = make(seaweedfs_server.site("p/", access_key_id="AKIAUNKNOWN"), tmp_path)
+    with pytest.raises(errors.Unavailable, match="authentication failed"):
+        b.probe()
+
+
+def test_unreachable_endpoint_unavailable(tmp_path: Path) -> None:
+    (port,) = free_port_pairs(1)
+    a = make({"name": "x", "type": "s3", "endpoint_url": f"http://127.0.0.1:{port}",
+              "bucket": "bkt", "access_key_id": "k", "secret_access_key": "s",
+              "max_attempts": 2}, tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(errors.Unavailable, match="cannot connect"):
+        a.probe()
+    with pytest.raises(errors.Unavailable):
+        a.list("/")
+    assert time.monotonic() - t0 < 30
+
+
+def test_bad_option_values_unavailable(tmp_path: Path) -> None:
+    a = make({"name": "x", "type": "s3", "endpoint_url": "http://127.0.0.1:1",
+              "bucket": "bkt", "addressing_style": "sideways"}, tmp_path)
+    with pytest.raises(errors.Unavailable, match="addressing_style"):
+        a.probe()
+    b = make({"name": "x", "type": "s3", "bucket": "bkt", "part_size": 1024}, tmp_path)
+    with pytest.raises(errors.Unavailable, match="part_size"):
+        b.stat("/")
+
+
+def test_translate_error_table() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    def ce(code: str, status: int = 400) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    cases = {
+        ce("AccessDenied", 403): errors.PermissionDenied,
+        ce("NoSuchKey", 404): errors.NotFound,
+        ce("NoSuchBucket", 404): errors.Unavailable,
+        ce("InvalidAccessKeyId", 403): errors.Unavailable,
+        ce("SignatureDoesNotMatch", 403): errors.Unavailable,
+        ce("SlowDown", 503): errors.Transient,
+        ce("InternalError", 500): errors.Transient,
+        ce("QuotaExceeded", 403): errors.InsufficientStorage,
+        EndpointConnectionError(endpoint_url="http://h"): errors.Unavailable,
+        ReadTimeoutError(endpoint_url="http://h"): errors.Transient,
+    }
+    for exc, cls in cases.items():
+        assert type(translate_error(exc, "/p", "b", "http://h")) is cls, exc
+
+
+def test_aws_ca_bundle_does_not_break_http(s3_site: dict[str, Any], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "missing-ca.pem"))
+    a = make(s3_site, tmp_path)
+    put(a, "/f", b"ok")
+    assert get(a, "/f") == b"ok"
+    a.probe()
+    a.close()
+
+
+def test_addressing_style_auto_uses_path_for_custom_endpoint(
+        s3_site: dict[str, Any], tmp_path: Path) -> None:
+    a = make({**s3_site, "addressing_style": "auto"}, tmp_path)
+    put(a, "/f", b"auto")
+    assert get(a, "/f") == b"auto"
+
+
+# -- directories ----------------------------------------------------------------------
+def test_directories_without_markers(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> None:
+    client = seaweedfs_server.client()
+    client.put_object(Bucket=adaptor.bucket, Key=adaptor.prefix + "a/b/c.txt", Body=b"c")
+    assert adaptor.stat("/a").is_dir and adaptor.stat("/a/b").is_dir
+    assert names(adaptor.list("/")) == {"a"}
+    assert names(adaptor.list("/a")) == {"b"}
+    assert get(adaptor, "/a/b/c.txt") == b"c"
+    # removing the last file keeps its (implicit) directory listed
+    adaptor.remove("/a/b/c.txt")
+    assert adaptor.stat("/a/b").is_dir
+    assert adaptor.list("/a/b") == []
+
+
+def test_mkdir_writes_marker(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> None:
+    adaptor.mkdir("/empty")
+    head = seaweedfs_server.client().head_object(Bucket=adaptor.bucket,
+                                                 Key=adaptor.prefix + "empty/")
+    assert head["ContentLength"] == 0
+    st = adaptor.stat("/empty")
+    assert st.is_dir and st.mtime is not None
+
+
+def test_remove_big_tree_batches(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> None:
+    client = seaweedfs_server.client()
+    adaptor.mkdir("/t")
+    keys = [f"{adaptor.prefix}t/{i % 7}/k{i:05d}" for i in range(1100)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=adaptor.bucket, Key=k, Body=b"x"),
+                      keys))
+    assert len(adaptor.list("/t")) == 7
+    assert len(adaptor.list("/t/3")) == len([k for k in keys if "/t/3/" in k])
+    adaptor.remove("/t", recursive=True)
+    left = client.list_objects_v2(Bucket=adaptor.bucket, Prefix=adaptor.prefix + "t/")
+    assert left.get("KeyCount", 0) == 0
+    with pytest.raises(errors.NotFound):
+        adaptor.stat("/t")
+
+
+def test_rename_tree_moves_every_key(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> None:
+    adaptor.mkdir("/src")
+    adaptor.mkdir("/src/empty")
+    for i in range(30):
+        put(adaptor, f"/src/f{i}", str(i).encode())
+    put(adaptor, "/src/empty2", b"")
+    adaptor.mkdir("/dst")
+    put(adaptor, "/dst/old", b"old")
+    with pytest.raises(errors.Exists):
+        adaptor.rename("/src", "/dst")
+    adaptor.rename("/src", "/dst", overwrite=True)
+    got = names(adaptor.list("/dst"))
+    assert got == {f"f{i}" for i in range(30)} | {"empty", "empty2"}
+    assert adaptor.list("/dst/empty") == []
+    assert get(adaptor, "/dst/f7") == b"7"
+    resp = seaweedfs_server.client().list_objects_v2(Bucket=adaptor.bucket,
+                                                     Prefix=adaptor.prefix + "src")
+    assert resp.get("KeyCount", 0) == 0
+    with pytest.raises(errors.PermissionDenied):
+        adaptor.rename("/dst", "/dst/inside")
+
+
+# -- writes ---------------------------------------------------------------------------
+def test_overwrite_keeps_old_until_commit(adaptor: S3Adaptor) -> None:
+    put(adaptor, "/o", b"old")
+    w = adaptor.open_write("/o")
+    block = os.urandom(MiB)
+    for _ in range(20):  # more than two parts: a multipart upload is running
+        w.write(block)
+    assert get(adaptor, "/o") == b"old"
+    w.commit()
+    assert adaptor.stat("/o").size == 20 * MiB
+
+
+def test_failed_copy_leaves_no_upload(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS,
+                                      tmp_path: Path) -> None:
+    src_root = tmp_path / "src"
+    src_root.mkdir()
+    (src_root / "big").write_bytes(os.urandom(40 * MiB))
+    local = create_adaptor({"name": "l", "type": "local", "path": str(src_root)},
+                           AdaptorContext(data_dir=tmp_path))
+    seen = 0
+
+    def boom(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if seen > 30 * MiB:
+            raise RuntimeError("source failed")
+
+    with pytest.raises(RuntimeError):
+        stream_copy(local, "/big", adaptor, "/big", on_chunk=boom)
+    with pytest.raises(errors.NotFound):
+        adaptor.stat("/big")
+    assert pending_uploads(seaweedfs_server, adaptor.prefix) == []
+
+
+def test_unreferenced_writer_aborts(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> None:
+    w = adaptor.open_write("/gc")
+    w.write(os.urandom(20 * MiB))
+    assert pending_uploads(seaweedfs_server, adaptor.prefix) == [adaptor.prefix + "gc"]
+    del w
+    gc.collect()
+    assert pending_uploads(seaweedfs_server, adaptor.prefix) == []
+
+
+@pytest.mark.slow
+def test_gib_write_aborted_at_half(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> None:
+    """A 1 GiB upload aborted after 512 MiB: no object, no pending upload, and
+    memory stayed within the documented bound."""
+    import psutil
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = base
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    block = os.urandom(MiB)
+    w = adaptor.open_write("/half", size_hint=1024 * MiB)
+    try:
+        for _ in range(512):
+            w.write(block)
+        assert pending_uploads(seaweedfs_server, adaptor.prefix) == [adaptor.prefix + "half"]
+    finally:
+        w.abort()
+        stop.set()
+        sampler.join()
+    with pytest.raises(errors.NotFound):
+        adaptor.stat("/half")
+    assert "half" not in names(adaptor.list("/"))
+    assert pending_uploads(seaweedfs_server, adaptor.prefix) == []
+    bound = (adaptor.upload_concurrency + 1) * adaptor.part_size
+    assert peak - base < bound + 32 * MiB, (peak - base) / MiB
+
+
+# -- reads and listings ------------------------------------------------------------------
+def test_external_object_shows_up_at_next_list(adaptor: S3Adaptor,
+                                               seaweedfs_server: SeaweedFS) -> None:
+    put(adaptor, "/mine", b"1")
+    assert names(adaptor.list("/")) == {"mine"}
+    seaweedfs_server.client().put_object(Bucket=adaptor.bucket, Key=adaptor.prefix + "theirs",
+                                         Body=b"22")
+    listed = {e.name: e for e in adaptor.list("/")}
+    assert set(listed) == {"mine", "theirs"} and listed["theirs"].size == 2
+    seaweedfs_server.client().delete_object(Bucket=adaptor.bucket, Key=adaptor.prefix + "mine")
+    assert names(adaptor.list("/")) == {"theirs"}
+    with pytest.raises(errors.NotFound):
+        adaptor.stat("/mine")
+
+
+def test_etag_and_mtime(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> None:
+    put(adaptor, "/e", b"etag")
+    head = seaweedfs_server.client().head_object(Bucket=adaptor.bucket, Key=adaptor.prefix + "e")
+    st = adaptor.stat("/e")
+    assert st.etag == head["ETag"].strip('"')
+    assert st.mtime == head["LastModified"]
+    assert adaptor.checksum("/e", "md5") == hashlib.md5(b"etag").hexdigest()
+    assert adaptor.list("/")[0].mtime == st.mtime
+
+
+def test_read_past_end_is_empty(adaptor: S3Adaptor) -> None:
+    put(adaptor, "/r", b"0123456789")
+    assert get(adaptor, "/r", 10) == b""
+    assert get(adaptor, "/r", 8, 100) == b"89"
+    assert get(adaptor, "/r", 3, 0) == b""
+
+
+# -- server-side copies -----------------------------------------------------------------
+@pytest.fixture
+def counted(s3_site: dict[str, Any], seaweedfs_server: SeaweedFS, tmp_path: Path):
+    """An adaptor whose every byte to and from the server crosses a counting relay."""
+    from urllib.parse import urlsplit
+
+    proxy = CountingProxy(urlsplit(seaweedfs_server.endpoint_url).port or 80)
+    a = make({**s3_site, "endpoint_url": f"http://127.0.0.1:{proxy.port}"}, tmp_path)
+    yield a, proxy
+    a.close()
+    proxy.close()
+
+
+def test_server_side_copy_moves_no_data(counted: tuple[S3Adaptor, CountingProxy]) -> None:
+    adaptor, proxy = counted
+    size = 64 * MiB
+    put(adaptor, "/big", os.urandom(size), chunk=4 * MiB)
+    assert proxy.sent >= size  # the relay does see object data when it passes
+    adaptor.mkdir("/d")
+    before = proxy.total
+    adaptor.copy("/big", "/d/copy")
+    adaptor.rename("/d/copy", "/d/moved")
+    adaptor.rename("/d", "/e")  # a tree move too
+    moved = proxy.total - before
+    print(f"server-side copy + 2 renames of 64 MiB: {moved} bytes through the adaptor")
+    assert moved < 256 * 1024, f"{moved} bytes passed through the adaptor process"
+    assert adaptor.stat("/e/moved").size == size
+    before = proxy.received
+    assert len(get(adaptor, "/e/moved")) == size
+    assert proxy.received - before >= size
+
+
+def test_multipart_server_side_copy(counted: tuple[S3Adaptor, CountingProxy]) -> None:
+    adaptor, proxy = counted
+    data = os.urandom(23 * MiB + 5)
+    put(adaptor, "/src", data, chunk=MiB)
+    adaptor.max_single_copy = 8 * MiB
+    adaptor.copy_part_size = 5 * MiB
+    before = proxy.total
+    adaptor.copy("/src", "/dst")
+    assert proxy.total - before < 256 * 1024
+    assert get(adaptor, "/dst") == data
+
+
+def test_copy_from_other_bucket(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS,
+                                tmp_path: Path) -> None:
+    other_bucket = "fedgate-other"
+    client = seaweedfs_server.client()
+    try:
+        client.create_bucket(Bucket=other_bucket)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    source = make(seaweedfs_server.site(f"s-{uuid.uuid4().hex[:8]}/", bucket=other_bucket),
+                  tmp_path)
+    data = os.urandom(3 * MiB)
+    put(source, "/x.bin", data)
+    assert adaptor.same_endpoint(source)
+    adaptor.copy_from(source, "/x.bin", "/y.bin")
+    assert adaptor.stat("/y.bin").etag == source.stat("/x.bin").etag
+    assert get(adaptor, "/y.bin") == data
+    with pytest.raises(errors.Exists):
+        adaptor.copy_from(source, "/x.bin", "/y.bin")
+    stranger = make(seaweedfs_server.site("", endpoint_url="http://127.0.0.1:1"), tmp_path)
+    with pytest.raises(errors.Unsupported):
+        adaptor.copy_from(stranger, "/x.bin", "/z.bin")
+    source.remove("/x.bin")
+
+
+# -- threads ------------------------------------------------------------------------------
+def test_concurrent_calls_from_threads(adaptor: S3Adaptor) -> None:
+    adaptor.mkdir("/c")
+
+    def work(i: int) -> bytes:
+        data = f"thread-{i}".encode() * (1000 + i)
+        put(adaptor, f"/c/f{i}", data)
+        assert adaptor.stat(f"/c/f{i}").size == len(data)
+        adaptor.list("/c")
+        return get(adaptor, f"/c/f{i}")
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(work, range(48)))
+    assert all(r == f"thread-{i}".encode() * (1000 + i) for i, r in enumerate(results))
+    assert len(adaptor.list("/c")) == 48
+
+
+def test_reads_release_connections(adaptor: S3Adaptor) -> None:
+    """Many readers closed early must not exhaust the connection pool."""
+    put(adaptor, "/r", os.urandom(4 * MiB))
+    for _ in range(3 * adaptor._pool_size):
+        r = adaptor.open_read("/r")
+        assert len(r.read(1000)) == 1000
+        r.close()
+    assert len(get(adaptor, "/r")) == 4 * MiB
+
+
+def test_signed_payload_multipart(s3_site: dict[str, Any], tmp_path: Path) -> None:
+    a = make({**s3_site, "sign_payload": True, "part_size": 5 * MiB}, tmp_path)
+    data = os.urandom(11 * MiB + 3)
+    put(a, "/signed", data, chunk=MiB + 1)
+    assert get(a, "/signed") == data
+    a.close()
+
+
+def test_parse_timestamp() -> None:
+    from datetime import UTC, datetime
+
+    from adaptors.s3 import parse_timestamp
+
+    want = datetime(2026, 11, 22, 4, 20, 39, tzinfo=UTC)
+    assert parse_timestamp("2026-11-22T04:20:39.000Z") == want
+    assert parse_timestamp("Sun, 22 Nov 2026 04:20:39 GMT") == want
+    assert parse_timestamp("2026-11-22T05:20:39+01:00") == want
+    assert parse_timestamp(1795321239) == want
+    assert parse_timestamp("Sun, 22 Nov 2026 04:20:39 GMT").tzinfo is UTC
+
+
+def test_read_resumes_after_broken_connection(adaptor: S3Adaptor) -> None:
+    data = os.urandom(6 * MiB + 11)
+    put(adaptor, "/resume", data, chunk=MiB)
+    r = adaptor.open_read("/resume", 5, len(data) - 10)
+    first = r.read(MiB)
+    # break the connection under the reader, as a network fault would
+    body = r._body  # type: ignore[attr-defined]
+    adaptor._run(_close_soon(body))
+    rest = b""
+    while True:
+        b = r.read(8192)
+        if not b:
+            break
+        rest += b
+    r.close()
+    assert first + rest == data[5:-5]
+    assert r._resumes == 1  # type: ignore[attr-defined]
+
+
+async def _close_soon(body: Any) -> None:
+    body.close()
+
+
+def test_requests_run_on_the_io_thread(adaptor: S3Adaptor) -> None:
+    """Calls from many threads are all sent from the one IO-loop thread."""
+    adaptor.list("/")
+    seen: set[str] = set()
+
+    def note(**_: Any) -> None:
+        seen.add(threading.current_thread().name)
+
+    adaptor._client_obj.meta.events.register("before-send.s3", note)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: put(adaptor, f"/t{i}", b"x" * i), range(16)))
+        list(pool.map(lambda i: adaptor.stat(f"/t{i}"), range(16)))
+    assert seen == {"fedgate-s3-io"}
+
+
+def test_abort_right_after_a_part_was_queued(adaptor: S3Adaptor,
+                                             seaweedfs_server: SeaweedFS) -> None:
+    """Aborting while parts are still queued on the IO loop neither hangs nor
+    leaves an upload behind."""
+    for i in range(5):
+        w = adaptor.open_write(f"/q{i}")
+        t0 = time.monotonic()
+        w.write(bytes(adaptor.part_size * 2))
+        w.abort()
+        assert time.monotonic() - t0 < 30
+    assert pending_uploads(seaweedfs_server, adaptor.prefix) == []
+    assert adaptor.list("/") == []
