@@ -296,7 +296,7 @@ class GridFTPServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, 15)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+            self.proc.wait(1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, 9)
 
