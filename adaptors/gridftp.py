@@ -49,6 +49,7 @@ How it is built
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import logging
@@ -91,6 +92,7 @@ RANGE_CHUNK = 8 * 1024 * 1024
 _CHECKSUMS = {"adler32": "ADLER32", "md5": "MD5", "sha1": "SHA1", "sha256": "SHA256",
               "sha512": "SHA512"}
 _DEFAULT_PORTS = {"gsiftp": 2811, "ftp": 21}
+_CREATE_LOCK = threading.Lock()
 
 _ERRNO_MAP: dict[int, type[errors.AdaptorError]] = {
     errno.ENOENT: errors.NotFound,
@@ -216,7 +218,8 @@ class GridFTPAdaptor(Adaptor):
     def _new_context(self) -> Any:
         if gfal2 is None:
             raise errors.Unavailable("the gfal2 Python binding (python3-gfal2) is not installed")
-        ctx = gfal2.creat_context()
+        with _CREATE_LOCK:  # plugin loading is not documented as thread-safe
+            ctx = gfal2.creat_context()
         self.add_credentials(ctx)
         return ctx
 
@@ -338,8 +341,8 @@ class GridFTPAdaptor(Adaptor):
     def list(self, path: str) -> list[Entry]:
         return [e for e in self._list_raw(path) if not e.name.startswith(TEMP_PREFIX)]
 
-    def _list_raw(self, path: str) -> list[Entry]:
-        out: list[Entry] = []
+    def _list_raw(self, path: str) -> builtins.list[Entry]:
+        out: builtins.list[Entry] = []
         with self._ctx(path) as ctx:
             d = ctx.opendir(self.url(path))
             while True:
@@ -483,9 +486,8 @@ class GridFTPAdaptor(Adaptor):
             with self._ctx(dst) as c:
                 c.rename(self.url(tmp), self.url(dst))
         except BaseException:
-            with contextlib.suppress(errors.AdaptorError):
-                with self._ctx(tmp) as c:
-                    c.unlink(self.url(tmp))
+            with contextlib.suppress(errors.AdaptorError), self._ctx(tmp) as c:
+                c.unlink(self.url(tmp))
             raise
 
     def _copy_error(self, exc: Exception, dst: str) -> errors.AdaptorError:
