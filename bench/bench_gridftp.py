@@ -25,23 +25,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adaptors import create_adaptor  # noqa: E402
-from adaptors.base import AdaptorContext  # noqa: E402
-from tests.servers.gridftp import GridFTPServer, make_pki, start_server  # noqa: E402
+from adaptors import create_adaptor
+from adaptors.base import AdaptorContext
+from tests.servers.gridftp import GridFTPServer, make_pki, start_server
 
 GUC = shutil.which("globus-url-copy") or "globus-url-copy"
 
 
-def median_time(fn: Callable[[], object], runs: int, setup: Callable[[], object] | None = None
-                ) -> float:
-    times = []
-    for _ in range(runs):
-        if setup is not None:
-            setup()
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def paired(fa: Callable[[], object], fb: Callable[[], object], runs: int,
+           setup: Callable[[], object] | None = None) -> tuple[float, float]:
+    """Median times of two contenders run alternately (A B, B A, ...), so that
+    load from other processes on the machine hits both alike."""
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(runs):
+        order = [(fa, ta), (fb, tb)] if i % 2 == 0 else [(fb, tb), (fa, ta)]
+        for fn, acc in order:
+            if setup is not None:
+                setup()
+            t = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def guc_url(srv: GridFTPServer, path: str) -> str:
@@ -57,6 +62,7 @@ def guc(env: dict[str, str], *args: str) -> None:
 def bench_pair(label: str, a: GridFTPServer, b: GridFTPServer, env: dict[str, str],
                size: int, runs: int, files: int, streams: int, shm: Path) -> list[tuple]:
     ctx = AdaptorContext(data_dir=shm)
+    src = shm / "src.bin"
     fa, fb = a.new_folder(), b.new_folder()
     site_a = a.site("a", fa)
     site_b = b.site("b", fb)
@@ -64,7 +70,6 @@ def bench_pair(label: str, a: GridFTPServer, b: GridFTPServer, env: dict[str, st
     ad_a = create_adaptor(site_a, ctx)
     ad_b = create_adaptor(site_b, ctx)
     block = os.urandom(4 << 20)
-    src = shm / "src.bin"
     with open(src, "wb") as fh:
         for _ in range(size // len(block)):
             fh.write(block)
@@ -78,9 +83,8 @@ def bench_pair(label: str, a: GridFTPServer, b: GridFTPServer, env: dict[str, st
             w.write(block)
         w.commit()
 
-    t_put = median_time(put, runs)
-    t_guc_put = median_time(lambda: guc(env, f"file://{src}", guc_url(a, f"{fa}/guc-put.bin")),
-                            runs)
+    t_put, t_guc_put = paired(
+        put, lambda: guc(env, f"file://{src}", guc_url(a, f"{fa}/guc-put.bin")), runs)
     rows.append((label, f"PUT {mib:.0f} MiB", t_put, t_guc_put, t_guc_put / t_put))
 
     # GET
@@ -92,20 +96,27 @@ def bench_pair(label: str, a: GridFTPServer, b: GridFTPServer, env: dict[str, st
         finally:
             r.close()
 
-    t_get = median_time(get, runs)
-    t_guc_get = median_time(lambda: guc(env, guc_url(a, f"{fa}/put.bin"), "file:///dev/null"),
-                            runs)
+    t_get, t_guc_get = paired(
+        get, lambda: guc(env, guc_url(a, f"{fa}/put.bin"), "file:///dev/null"), runs)
     rows.append((label, f"GET {mib:.0f} MiB", t_get, t_guc_get, t_guc_get / t_get))
 
-    # third-party copy a -> b
+    # third-party copy a -> b, verified by ADLER32 (both sides), then unverified
     def rm_b() -> None:
         for n in ("tpc.bin", "guc-tpc.bin"):
             (fb / n).unlink(missing_ok=True)
 
-    t_tpc = median_time(lambda: ad_b.copy_from(ad_a, "/put.bin", "/tpc.bin"), runs, rm_b)
-    t_guc_tpc = median_time(lambda: guc(env, "-p", str(streams), guc_url(a, f"{fa}/put.bin"),
-                                        guc_url(b, f"{fb}/guc-tpc.bin")), runs, rm_b)
-    rows.append((label, f"3rd-party {mib:.0f} MiB", t_tpc, t_guc_tpc, t_guc_tpc / t_tpc))
+    src_url, dst_url = guc_url(a, f"{fa}/put.bin"), guc_url(b, f"{fb}/guc-tpc.bin")
+    t_tpc, t_guc_tpc = paired(
+        lambda: ad_b.copy_from(ad_a, "/put.bin", "/tpc.bin"),
+        lambda: guc(env, "-p", str(streams), "-verify-checksum", "-checksum-alg", "ADLER32",
+                    src_url, dst_url), runs, rm_b)
+    rows.append((label, f"3rd-party {mib:.0f} MiB adler32", t_tpc, t_guc_tpc,
+                 t_guc_tpc / t_tpc))
+    ad_b.copy_checksum = ""
+    t_tpc, t_guc_tpc = paired(lambda: ad_b.copy_from(ad_a, "/put.bin", "/tpc.bin"),
+                              lambda: guc(env, "-p", str(streams), src_url, dst_url), runs, rm_b)
+    rows.append((label, f"3rd-party {mib:.0f} MiB no cksum", t_tpc, t_guc_tpc,
+                 t_guc_tpc / t_tpc))
 
     # listing
     d = fa / "many"
@@ -116,13 +127,25 @@ def bench_pair(label: str, a: GridFTPServer, b: GridFTPServer, env: dict[str, st
         os.chown(p, a.account.pw_uid, a.account.pw_gid)
     n = len(ad_a.list("/many"))
     assert n == files, n
-    t_list = median_time(lambda: ad_a.list("/many"), runs)
-    t_guc_list = median_time(lambda: guc(env, "-list", guc_url(a, f"{fa}/many/")), runs)
+    t_list, t_guc_list = paired(lambda: ad_a.list("/many"),
+                                lambda: guc(env, "-list", guc_url(a, f"{fa}/many/")), runs)
     rows.append((label, f"list {files} files", t_list, t_guc_list, t_guc_list / t_list))
     ad_a.close()
     ad_b.close()
     src.unlink()
     return rows
+
+
+def _data_root(shm: Path, name: str) -> Path:
+    """Server folders in memory (tmpfs): disk writeback made timings swing 3x."""
+    from tests.servers.gridftp import _service_account
+
+    acc = _service_account()
+    d = shm / f"srv-{name}"
+    d.mkdir()
+    os.chmod(shm, 0o755)
+    os.chown(d, acc.pw_uid, acc.pw_gid)
+    return d
 
 
 def main() -> int:
@@ -138,8 +161,8 @@ def main() -> int:
                                 if os.path.isdir("/dev/shm") else None))
     servers: list[GridFTPServer] = []
     try:
-        a = start_server(work / "a")
-        b = start_server(work / "b")
+        a = start_server(work / "a", data_root=_data_root(shm, "a"))
+        b = start_server(work / "b", data_root=_data_root(shm, "b"))
         servers += [a, b]
         env = dict(os.environ)
         rows = bench_pair("ftp", a, b, env, args.size_mib << 20, args.runs, args.files,
@@ -147,8 +170,8 @@ def main() -> int:
         if args.gsi:
             pki = make_pki(work / "pki", a.account.pw_name)
             proxy = pki.make_proxy(work / "pki" / "x509up")
-            ga = start_server(work / "ga", gsi=pki, proxy=proxy)
-            gb = start_server(work / "gb", gsi=pki, proxy=proxy)
+            ga = start_server(work / "ga", gsi=pki, proxy=proxy, data_root=_data_root(shm, "ga"))
+            gb = start_server(work / "gb", gsi=pki, proxy=proxy, data_root=_data_root(shm, "gb"))
             servers += [ga, gb]
             genv = dict(env, X509_USER_PROXY=str(proxy), X509_CERT_DIR=str(pki.cert_dir))
             os.environ["X509_CERT_DIR"] = str(pki.cert_dir)
@@ -156,11 +179,11 @@ def main() -> int:
                                args.files, args.streams, shm)
         print(f"\nGridFTP adaptor vs globus-url-copy (loopback, median of {args.runs}, "
               f"{args.streams} streams for copies)\n")
-        print(f"| {'site':6} | {'operation':22} | {'adaptor s':>9} | {'guc s':>8} "
+        print(f"| {'site':6} | {'operation':30} | {'adaptor s':>9} | {'guc s':>8} "
               f"| {'adaptor/guc speed':>17} |")
-        print(f"|{'-' * 8}|{'-' * 24}|{'-' * 11}|{'-' * 10}|{'-' * 19}|")
+        print(f"|{'-' * 8}|{'-' * 32}|{'-' * 11}|{'-' * 10}|{'-' * 19}|")
         for label, op, t_ad, t_guc, ratio in rows:
-            print(f"| {label:6} | {op:22} | {t_ad:9.3f} | {t_guc:8.3f} | {ratio:16.2f}x |")
+            print(f"| {label:6} | {op:30} | {t_ad:9.3f} | {t_guc:8.3f} | {ratio:16.2f}x |")
         print("\n(speed ratio = guc time / adaptor time; >= 1 means the adaptor is faster)")
     finally:
         for s in servers:
