@@ -158,9 +158,11 @@ class GridFTPAdaptor(Adaptor):
         "user": OptionSpec(str, help="ftp:// user name (anonymous when absent)"),
         "password": OptionSpec(str, secret=True, help="ftp:// password"),
         "parallel_streams": OptionSpec(int, default=4,
-                                       help="TCP streams for server-to-server copies"),
+                                       help="TCP streams of server-to-server copies (gfal2 "
+                                            "reads and writes through the gateway use one)"),
         "tcp_buffer_size": OptionSpec(int, default=0,
-                                      help="TCP buffer size in bytes (0: system default)"),
+                                      help="TCP buffer of server-to-server copies in bytes "
+                                           "(0: system default)"),
         "timeout": OptionSpec(int, default=300, help="seconds before a copy is abandoned"),
         "copy_checksum": OptionSpec(str, default="adler32",
                                     help="checksum verifying server-side copies "
@@ -212,6 +214,8 @@ class GridFTPAdaptor(Adaptor):
         self.copy_checksum = "" if algo == "none" else algo
         self.prefix = f"{scheme}://{self.host}:{self.port}"
         self._pool: list[Any] = []
+        #: contexts for server-to-server copies, by the source's login
+        self._copy_pool: dict[tuple[str, str | None, str | None, str | None], list[Any]] = {}
         self._pool_lock = threading.Lock()
         self._max_idle = max(1, int(options.get("max_connections", 8) or 8))
         self._proxy_cache: tuple[tuple[int, int], datetime | None] | None = None
@@ -480,10 +484,16 @@ class GridFTPAdaptor(Adaptor):
         tmp = join(parent_of(dst), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
         source._check_proxy()
         self._check_proxy()
+        key = source._cred_key()
+        with self._pool_lock:
+            idle = self._copy_pool.get(key)
+            ctx = idle.pop() if idle else None
         with self._translate(""):
-            ctx = self._new_context()
-            if source.prefix != self.prefix:
-                source.add_credentials(ctx)
+            if ctx is None:
+                ctx = self._new_context()
+                if source.prefix != self.prefix:
+                    # a source on the same server is read with this site's login
+                    source.add_credentials(ctx)
             params = ctx.transfer_parameters()
             params.overwrite = True
             params.nbstreams = max(0, self.parallel_streams)
@@ -515,6 +525,14 @@ class GridFTPAdaptor(Adaptor):
                 with contextlib.suppress(errors.AdaptorError), self._ctx(tmp) as c:
                     c.unlink(self.url(tmp))
                 raise
+        with self._pool_lock:  # a context whose copy failed is dropped, not reused
+            idle = self._copy_pool.setdefault(key, [])
+            if len(idle) < self._max_idle:
+                idle.append(ctx)
+
+    def _cred_key(self) -> tuple[str, str | None, str | None, str | None]:
+        """Identity of this site's login, for caching copy contexts."""
+        return (self.prefix, self.user, self._password, self.x509_proxy)
 
     def _copy_error(self, exc: Exception, dst: str) -> errors.AdaptorError:
         err = self._error(exc, dst)
@@ -533,6 +551,7 @@ class GridFTPAdaptor(Adaptor):
     def close(self) -> None:
         with self._pool_lock:
             self._pool.clear()
+            self._copy_pool.clear()
 
 
 def _proxy_expiry(path: str) -> datetime | None:

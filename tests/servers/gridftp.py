@@ -154,6 +154,10 @@ def make_pki(root: Path, account: str) -> PKI:
     root.mkdir(parents=True, exist_ok=True)
     cert_dir = root / "certificates"
     cert_dir.mkdir(exist_ok=True)
+    # the server reads trust anchors after it setuid()s to the mapped account
+    # (data-channel authentication), so the folders must be traversable
+    for d in (root.parent, root, cert_dir):
+        os.chmod(d, 0o755)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_dn = "/O=fedgate-test/CN=fedgate test CA"
     ca_key = _key()
