@@ -132,6 +132,7 @@ _SERVER_REASON = re.compile(r"GridFTP-Error-String:\s*(.+?)(?:\s{2,}|\s*\d{3} En
 _URL_RE = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.I)
 _AUTH_RE = re.compile(r"\b530\b|login incorrect|authenticat|gss|credential|proxy|"
                       r"certificate|globus_gsi", re.I)
+_PATHISH = re.compile(r"\S*/\S*")
 _ESCAPED_RUN = re.compile(r"(?:%[89A-Fa-f][0-9A-Fa-f])+")
 
 
@@ -308,10 +309,11 @@ class GridFTPAdaptor(Adaptor):
         m = _SERVER_ERRNO.search(message)
         if m:
             code = int(m.group(1))
-        lowered = message.lower()
+        # classify on the text without URLs and paths (a file may be named "proxy")
+        lowered = _PATHISH.sub(" ", message).lower()
         if "is not a directory" in lowered:
             return errors.NotADirectory(f"not a directory: {path}", path)
-        if _AUTH_RE.search(message) and code not in (errno.ENOENT, errno.EEXIST):
+        if _AUTH_RE.search(lowered) and code not in (errno.ENOENT, errno.EEXIST):
             return errors.Unavailable(
                 f"site {self.name}: authentication failed ({_reason(message, 0)})", path)
         if "connection refused" in lowered or "could not connect" in lowered:

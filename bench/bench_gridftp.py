@@ -56,7 +56,10 @@ def guc_url(srv: GridFTPServer, path: str) -> str:
 
 
 def guc(env: dict[str, str], *args: str) -> None:
-    subprocess.run([GUC, *args], check=True, env=env, stdout=subprocess.DEVNULL)
+    # gfal2 runs GSI without data-channel authentication (its DCAU=false), so
+    # globus-url-copy does too, for a like-for-like comparison
+    extra = ["-nodcau"] if any(a.startswith("gsiftp://") for a in args) else []
+    subprocess.run([GUC, *extra, *args], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 def bench_pair(label: str, a: GridFTPServer, b: GridFTPServer, env: dict[str, str],

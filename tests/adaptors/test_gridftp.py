@@ -215,3 +215,11 @@ def test_parallel_threads(ftp_adaptor):
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(work, list(data) * 3))
+
+
+def test_error_text_in_names_does_not_mislead(ftp_adaptor):
+    """Errors are classified on the server's reason, not on words in the path."""
+    with pytest.raises(errors.NotFound):
+        ftp_adaptor.stat("/proxy certificate 530 login incorrect")
+    with pytest.raises(errors.NotFound):
+        ftp_adaptor.list("/connection refused")
