@@ -223,3 +223,32 @@ def test_error_text_in_names_does_not_mislead(ftp_adaptor):
         ftp_adaptor.stat("/proxy certificate 530 login incorrect")
     with pytest.raises(errors.NotFound):
         ftp_adaptor.list("/connection refused")
+
+
+def test_mixed_scheme_copy_copies_or_asks_for_fallback(gsiftp_server, gridftp_server, tmp_path):
+    """gsiftp -> ftp: either a server-to-server copy or Unsupported (caller streams)."""
+    ctx = AdaptorContext(data_dir=tmp_path)
+    src = create_adaptor(gsiftp_server.site("gsi-src"), ctx)
+    dst = create_adaptor(gridftp_server.site("ftp-dst"), ctx)
+    _fill(src, "/m", 2 << 20)
+    try:
+        dst.copy_from(src, "/m", "/m")
+    except errors.Unsupported as exc:
+        print("fallback:", exc)
+        stream_copy(src, "/m", dst, "/m")
+    assert dst.checksum("/m", "md5") == src.checksum("/m", "md5")
+    assert [e.name for e in dst.list("/")] == ["m"]
+
+
+def test_large_listing(ftp_adaptor, gridftp_server):
+    folder = Path(urllib.parse.unquote(urllib.parse.urlsplit(ftp_adaptor.url("/")).path))
+    many = folder / "many"
+    many.mkdir()
+    for i in range(3000):
+        (many / f"f{i:04d}").write_bytes(b"x" * (i % 7))
+    acc = gridftp_server.account
+    for p in [many, *many.iterdir()]:
+        os.chown(p, acc.pw_uid, acc.pw_gid)
+    entries = {e.name: e for e in ftp_adaptor.list("/many")}
+    assert len(entries) == 3000
+    assert entries["f0013"].size == 13 % 7 and not entries["f0013"].is_dir
