@@ -44,11 +44,15 @@ How it is built
   GridFTP site or the servers refuse a third-party transfer: callers then fall
   back to :func:`adaptors.base.stream_copy` (it does not fall back itself).
 * **Names.**  The Globus server drops every byte >= 0x80 from the commands it
-  receives (RFC 2640 UTF-8 paths cannot reach it).  With ``escape_non_ascii``
-  (default on) the adaptor stores each non-ASCII character of a name as its
-  UTF-8 bytes written ``%XX`` and decodes such runs back when listing, so
-  every UTF-8 name round-trips through the gateway.  Turn it off for servers
-  that accept UTF-8 paths.
+  receives (checked with curl and ftplib as well: RFC 2640 UTF-8 paths cannot
+  reach it; its listings do carry UTF-8).  With ``escape_non_ascii`` (default
+  on) the adaptor stores each non-ASCII character of a name as its UTF-8
+  bytes written ``%XX`` (upper-case hex) and decodes such runs back when
+  listing, so every UTF-8 name round-trips through the gateway.  The price:
+  a file written on the server itself with a non-ASCII name is listed but
+  cannot be opened, and an ASCII name that happens to contain such a run
+  (``a%C3%BCb``) is shown decoded (``aüb``) -- it still opens under that
+  name.  Turn the option off for servers that accept UTF-8 paths.
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ _URL_RE = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.I)
 _AUTH_RE = re.compile(r"\b530\b|login incorrect|authenticat|gss|credential|proxy|"
                       r"certificate|globus_gsi", re.I)
 _PATHISH = re.compile(r"\S*/\S*")
-_ESCAPED_RUN = re.compile(r"(?:%[89A-Fa-f][0-9A-Fa-f])+")
+_ESCAPED_RUN = re.compile(r"(?:%[89A-F][0-9A-F])+")  # exactly what _server_name writes
 
 
 def _reason(message: str, code: int) -> str:

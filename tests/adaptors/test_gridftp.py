@@ -252,3 +252,12 @@ def test_large_listing(ftp_adaptor, gridftp_server):
     entries = {e.name: e for e in ftp_adaptor.list("/many")}
     assert len(entries) == 3000
     assert entries["f0013"].size == 13 % 7 and not entries["f0013"].is_dir
+
+
+def test_name_escaping_round_trip(tmp_path):
+    a = create_adaptor({"name": "e", "type": "gridftp", "url": "ftp://127.0.0.1:2121/d"},
+                       AdaptorContext(data_dir=tmp_path))
+    for name in ("plain", "per%cent", "ü", "文件-🚀", "a%c3%bcb", "x%C3y"):
+        assert a._site_name(a._server_name(name)) == name
+    assert a._server_name("ü") == "%C3%BC"
+    assert a._site_name("a%c3%bcb") == "a%c3%bcb"  # only what the adaptor writes is decoded
