@@ -7,26 +7,33 @@ Site options (see :attr:`GridFTPAdaptor.OPTIONS`)::
     x509_cert_dir: /etc/grid-security/certificates   # optional trust anchors
     user: alice                        # ftp: optional (anonymous without)
     password: ${FTP_PASSWORD}          # ftp: secret
-    parallel_streams: 4                # TCP streams of copies (0/1: one stream)
-    tcp_buffer_size: 0                 # bytes, 0: the system default
+    parallel_streams: 4                # TCP streams of server-to-server copies
+    tcp_buffer_size: 0                 # bytes for copies, 0: the system default
+    copy_checksum: adler32             # verification of copies (or none)
+    timeout: 300                       # seconds a copy may take
+    escape_non_ascii: true             # see "Names" below
 
 How it is built
 ---------------
-* **Contexts and threads.**  gfal2 says its context is thread-safe, but a
-  context caches one FTP control session per host and serialises work on it,
-  and the Python binding keeps per-object state.  So every adaptor owns a
-  small *pool* of gfal2 contexts, all configured for its own site: an
-  operation checks one out, uses it from one thread only, and returns it;
-  open readers and writers keep theirs until closed.  Threads therefore never
-  share a context, and idle contexts (with their logged-in sessions) are
-  reused.  The binding releases the GIL in its blocking calls, so threads run
-  in parallel.
+* **Contexts and threads.**  The adaptor is synchronous and called from many
+  threads.  gfal2 documents its context as thread-safe, but we do not lean on
+  that (its plugins and the Python binding keep per-handle state we did not
+  audit): every adaptor owns a small *pool* of gfal2 contexts, all configured
+  for its own site.  An operation checks one out, uses it from its thread
+  only and gives it back; open readers and writers keep theirs until closed;
+  at most ``max_connections`` idle contexts (each with its logged-in FTP
+  sessions) are kept.  Creating a context (plugin loading) is serialised by a
+  module lock.  The binding releases the GIL in every blocking call (checked
+  in its source), so threads transfer in parallel.
 * **Credentials** are set per URL prefix with gfal2's credential API
   (``cred_set``): ``X509_CERT``/``X509_KEY`` = the proxy for ``gsiftp://``,
   ``USER``/``PASSWORD`` for ``ftp://``.  Nothing goes into a URL or the
   process environment; the password never appears in a log or error.  The
   one process-wide setting is ``X509_CERT_DIR`` when ``x509_cert_dir`` is
-  given (Globus reads trust anchors only from the environment).
+  given (Globus reads trust anchors only from the environment).  Before any
+  network call a ``gsiftp://`` site checks its proxy file: missing, unreadable
+  or expired (notAfter of its first certificate, re-read when the file
+  changes) raises :class:`errors.Unavailable` saying so and how to renew it.
 * **Listing** is gfal2 ``opendir``/``readpp``: one MLSD per directory, each
   entry arriving with its stat facts.
 * **Reads** from offset 0 stream one GET; a read from an offset uses partial
