@@ -300,7 +300,7 @@ class GridFTPServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, 15)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(1)
+            self.proc.wait(0.3)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, 9)
 
