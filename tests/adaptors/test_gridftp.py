@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -261,3 +262,36 @@ def test_name_escaping_round_trip(tmp_path):
         assert a._site_name(a._server_name(name)) == name
     assert a._server_name("ü") == "%C3%BC"
     assert a._site_name("a%c3%bcb") == "a%c3%bcb"  # only what the adaptor writes is decoded
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_third_party_copy_cancel(gridftp_server, gridftp_server_b, tmp_path):
+    """cancel_copies() from another thread stops a server-to-server copy and
+    leaves nothing at the target."""
+    ctx = AdaptorContext(data_dir=tmp_path)
+    src = create_adaptor(gridftp_server.site("csrc"), ctx)
+    dst = create_adaptor(gridftp_server_b.site("cdst"), ctx)
+    _fill(src, "/big", 512 << 20)
+    seen: list[int] = []
+    timer = threading.Timer(0.3, dst.cancel_copies)
+    timer.start()
+    try:
+        with pytest.raises(errors.AdaptorError, match="cancelled"):
+            dst.copy_from(src, "/big", "/big", on_progress=seen.append)
+    finally:
+        timer.cancel()
+    assert dst.list("/") == []
+    folder = urllib.parse.unquote(urllib.parse.urlsplit(dst.url("/")).path)
+    assert os.listdir(folder) == []
+    # a progress callback that raises cancels too, and its exception comes back
+    def stop(done: int) -> None:
+        raise _Stop(done)
+    try:
+        dst.copy_from(src, "/big", "/big", on_progress=stop)
+    except _Stop:
+        assert os.listdir(folder) == []
+    else:  # finished before the first performance marker
+        assert dst.stat("/big").size == 512 << 20
