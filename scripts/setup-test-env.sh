@@ -12,6 +12,7 @@ APT_PKGS=(
   litmus rclone cadaver curl
   globus-gridftp-server-progs globus-gass-copy-progs globus-simple-ca globus-proxy-utils
   python3-gfal2 gfal2-plugin-gridftp gfal2-plugin-file gfal2
+  openssl perl
   python3-venv python3-dev
 )
 missing=()

@@ -1,0 +1,297 @@
+"""The gridftp adaptor against real globus-gridftp-servers (ftp:// and gsiftp://)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from adaptors import create_adaptor, errors
+from adaptors.base import AdaptorContext, stream_copy
+from tests.adaptors.contract import AdaptorContract
+
+
+def _raw_listing(adaptor):
+    def listing(path: str) -> list[str]:
+        folder = urllib.parse.unquote(urllib.parse.urlsplit(adaptor.url(path)).path)
+        return os.listdir(folder)
+    return listing
+
+
+@pytest.fixture
+def ftp_adaptor(gridftp_site, tmp_path: Path):
+    a = create_adaptor(gridftp_site, AdaptorContext(data_dir=tmp_path))
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def gsi_adaptor(gsiftp_site, tmp_path: Path):
+    a = create_adaptor(gsiftp_site, AdaptorContext(data_dir=tmp_path))
+    yield a
+    a.close()
+
+
+class TestGridFTPContract(AdaptorContract):
+    @pytest.fixture
+    def adaptor(self, ftp_adaptor):
+        return ftp_adaptor
+
+    @pytest.fixture
+    def raw_listing(self, adaptor):
+        return _raw_listing(adaptor)
+
+
+class TestGSIFTPContract(AdaptorContract):
+    @pytest.fixture
+    def adaptor(self, gsi_adaptor):
+        return gsi_adaptor
+
+    @pytest.fixture
+    def raw_listing(self, adaptor):
+        return _raw_listing(adaptor)
+
+
+# -- beyond the contract -------------------------------------------------------------
+
+
+def _io() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/self/io").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k.strip()] = int(v)
+    return out
+
+
+def _fill(adaptor, path: str, size: int) -> None:
+    block = os.urandom(1 << 20)
+    w = adaptor.open_write(path, size_hint=size)
+    for _ in range(size // len(block)):
+        w.write(block)
+    w.commit()
+
+
+def test_third_party_copy_between_servers(gridftp_server, gridftp_server_b, tmp_path):
+    """copy_from moves the data server to server: this process reads and writes
+    (almost) nothing, both servers log the transfer, checksums match."""
+    ctx = AdaptorContext(data_dir=tmp_path)
+    src = create_adaptor(gridftp_server.site("src"), ctx)
+    dst = create_adaptor(gridftp_server_b.site("dst"), ctx)
+    size = 64 << 20
+    _fill(src, "/big.bin", size)
+    src_sum = src.checksum("/big.bin", "adler32")
+    dst.mkdir("/in")
+    before = _io()
+    dst.copy_from(src, "/big.bin", "/in/big.bin")
+    after = _io()
+    moved = (after["rchar"] - before["rchar"]) + (after["wchar"] - before["wchar"])
+    assert moved < size // 16, f"{moved} bytes went through this process"
+    assert dst.stat("/in/big.bin").size == size
+    assert dst.checksum("/in/big.bin", "adler32") == src_sum
+    assert dst.checksum("/in/big.bin", "md5") == src.checksum("/big.bin", "md5")
+    assert [e.name for e in dst.list("/in")] == ["big.bin"]
+    assert sorted(os.listdir(urllib.parse.unquote(urllib.parse.urlsplit(
+        dst.url("/in")).path))) == ["big.bin"]  # no temporary file left
+    sent = gridftp_server.transfer_log.read_text()
+    got = gridftp_server_b.transfer_log.read_text()
+    assert re.search(rf"TYPE=RETR .*CODE=226|NBYTES={size} .*TYPE=RETR", sent), sent[-500:]
+    assert re.search(rf"NBYTES={size} .*TYPE=STOR", got), got[-500:]
+    with pytest.raises(errors.Exists):
+        dst.copy_from(src, "/big.bin", "/in/big.bin")
+    dst.copy_from(src, "/big.bin", "/in/big.bin", overwrite=True)
+    with pytest.raises(errors.NotFound):
+        dst.copy_from(src, "/missing", "/in/x")
+
+
+def test_copy_from_other_kind_is_unsupported(gridftp_site, tmp_path):
+    ctx = AdaptorContext(data_dir=tmp_path)
+    dst = create_adaptor(gridftp_site, ctx)
+    (tmp_path / "local").mkdir()
+    local = create_adaptor({"name": "l", "type": "local", "path": str(tmp_path / "local")}, ctx)
+    (tmp_path / "local" / "f").write_bytes(b"data")
+    with pytest.raises(errors.Unsupported):
+        dst.copy_from(local, "/f", "/f")
+    # the caller's fallback
+    assert stream_copy(local, "/f", dst, "/f") == 4
+    assert dst.stat("/f").size == 4
+
+
+def test_gsi_third_party_copy(gsiftp_server, tmp_path):
+    ctx = AdaptorContext(data_dir=tmp_path)
+    a = create_adaptor(gsiftp_server.site("a"), ctx)
+    b = create_adaptor(gsiftp_server.site("b"), ctx)
+    _fill(a, "/f", 4 << 20)
+    b.copy_from(a, "/f", "/g")
+    assert b.checksum("/g", "adler32") == a.checksum("/f", "adler32")
+
+
+def test_expired_proxy_is_unavailable(gsiftp_server, gridftp_server, gridftp_pki, tmp_path):
+    ctx = AdaptorContext(data_dir=tmp_path)
+    expired = gridftp_pki.make_proxy(tmp_path / "x509up_expired", expired=True)
+    site = gsiftp_server.site("old")
+    site["x509_proxy"] = str(expired)
+    bad = create_adaptor(site, ctx)
+    other = create_adaptor(gridftp_server.site("fine"), ctx)
+    with pytest.raises(errors.Unavailable, match="expired"):
+        bad.probe()
+    with pytest.raises(errors.Unavailable, match="expired"):
+        bad.list("/")
+    other.probe()
+    assert other.list("/") == []
+    good = create_adaptor(gsiftp_server.site("good"), ctx)
+    good.probe()
+    # renewing the proxy in place makes the site usable again
+    gridftp_pki.make_proxy(expired)
+    bad.probe()
+
+
+def test_missing_proxy_is_unavailable(gsiftp_server, tmp_path):
+    site = gsiftp_server.site("none")
+    site["x509_proxy"] = str(tmp_path / "no-such-proxy")
+    a = create_adaptor(site, AdaptorContext(data_dir=tmp_path))
+    with pytest.raises(errors.Unavailable, match="proxy"):
+        a.probe()
+
+
+def test_wrong_password_is_unavailable_without_secret(gridftp_server, tmp_path):
+    site = gridftp_server.site("pw")
+    site["password"] = "wrong-Secret-123"
+    a = create_adaptor(site, AdaptorContext(data_dir=tmp_path))
+    with pytest.raises(errors.Unavailable) as ei:
+        a.probe()
+    assert "wrong-Secret-123" not in str(ei.value)
+    assert "authentication" in str(ei.value)
+
+
+def test_down_server_is_unavailable(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    a = create_adaptor({"name": "down", "type": "gridftp", "url": f"ftp://127.0.0.1:{port}/x"},
+                       AdaptorContext(data_dir=tmp_path))
+    with pytest.raises(errors.Unavailable):
+        a.probe()
+
+
+def test_credentials_never_in_urls(tmp_path):
+    a = create_adaptor({"name": "u", "type": "gridftp",
+                        "url": "ftp://bob:hunter2@127.0.0.1:2121/data"},
+                       AdaptorContext(data_dir=tmp_path))
+    assert a.user == "bob"
+    assert "hunter2" not in a.url("/x") and "bob" not in a.url("/x")
+    assert a.describe() == {"host": "127.0.0.1", "port": 2121, "type": "gridftp",
+                            "mount": "/data"}
+
+
+def test_non_ascii_names_escaped_on_server(ftp_adaptor):
+    ftp_adaptor.mkdir("/dß")
+    w = ftp_adaptor.open_write("/dß/ü.txt")
+    w.write(b"x")
+    w.commit()
+    assert [e.name for e in ftp_adaptor.list("/dß")] == ["ü.txt"]
+    on_disk = urllib.parse.unquote(urllib.parse.urlsplit(ftp_adaptor.url("/")).path)
+    assert os.listdir(on_disk) == ["d%C3%9F"]
+
+
+def test_parallel_threads(ftp_adaptor):
+    data = {f"/f{i}": os.urandom(300_000 + i) for i in range(8)}
+    for p, d in data.items():
+        w = ftp_adaptor.open_write(p)
+        w.write(d)
+        w.commit()
+
+    def work(p: str) -> bool:
+        r = ftp_adaptor.open_read(p)
+        try:
+            got = b"".join(iter(lambda: r.read(65536), b""))
+        finally:
+            r.close()
+        return got == data[p] and ftp_adaptor.stat(p).size == len(data[p])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(work, list(data) * 3))
+
+
+def test_error_text_in_names_does_not_mislead(ftp_adaptor):
+    """Errors are classified on the server's reason, not on words in the path."""
+    with pytest.raises(errors.NotFound):
+        ftp_adaptor.stat("/proxy certificate 530 login incorrect")
+    with pytest.raises(errors.NotFound):
+        ftp_adaptor.list("/connection refused")
+
+
+def test_mixed_scheme_copy_copies_or_asks_for_fallback(gsiftp_server, gridftp_server, tmp_path):
+    """gsiftp -> ftp: either a server-to-server copy or Unsupported (caller streams)."""
+    ctx = AdaptorContext(data_dir=tmp_path)
+    src = create_adaptor(gsiftp_server.site("gsi-src"), ctx)
+    dst = create_adaptor(gridftp_server.site("ftp-dst"), ctx)
+    _fill(src, "/m", 2 << 20)
+    try:
+        dst.copy_from(src, "/m", "/m")
+    except errors.Unsupported as exc:
+        print("fallback:", exc)
+        stream_copy(src, "/m", dst, "/m")
+    assert dst.checksum("/m", "md5") == src.checksum("/m", "md5")
+    assert [e.name for e in dst.list("/")] == ["m"]
+
+
+def test_large_listing(ftp_adaptor, gridftp_server):
+    folder = Path(urllib.parse.unquote(urllib.parse.urlsplit(ftp_adaptor.url("/")).path))
+    many = folder / "many"
+    many.mkdir()
+    for i in range(3000):
+        (many / f"f{i:04d}").write_bytes(b"x" * (i % 7))
+    acc = gridftp_server.account
+    for p in [many, *many.iterdir()]:
+        os.chown(p, acc.pw_uid, acc.pw_gid)
+    entries = {e.name: e for e in ftp_adaptor.list("/many")}
+    assert len(entries) == 3000
+    assert entries["f0013"].size == 13 % 7 and not entries["f0013"].is_dir
+
+
+def test_name_escaping_round_trip(tmp_path):
+    a = create_adaptor({"name": "e", "type": "gridftp", "url": "ftp://127.0.0.1:2121/d"},
+                       AdaptorContext(data_dir=tmp_path))
+    for name in ("plain", "per%cent", "ü", "文件-🚀", "a%c3%bcb", "x%C3y"):
+        assert a._site_name(a._server_name(name)) == name
+    assert a._server_name("ü") == "%C3%BC"
+    assert a._site_name("a%c3%bcb") == "a%c3%bcb"  # only what the adaptor writes is decoded
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_third_party_copy_cancel(gridftp_server, gridftp_server_b, tmp_path):
+    """cancel_copies() from another thread stops a server-to-server copy and
+    leaves nothing at the target."""
+    ctx = AdaptorContext(data_dir=tmp_path)
+    src = create_adaptor(gridftp_server.site("csrc"), ctx)
+    dst = create_adaptor(gridftp_server_b.site("cdst"), ctx)
+    _fill(src, "/big", 512 << 20)
+    seen: list[int] = []
+    timer = threading.Timer(0.3, dst.cancel_copies)
+    timer.start()
+    try:
+        with pytest.raises(errors.AdaptorError, match="cancelled"):
+            dst.copy_from(src, "/big", "/big", on_progress=seen.append)
+    finally:
+        timer.cancel()
+    assert dst.list("/") == []
+    folder = urllib.parse.unquote(urllib.parse.urlsplit(dst.url("/")).path)
+    assert os.listdir(folder) == []
+    # a progress callback that raises cancels too, and its exception comes back
+    def stop(done: int) -> None:
+        raise _Stop(done)
+    try:
+        dst.copy_from(src, "/big", "/big", on_progress=stop)
+    except _Stop:
+        assert os.listdir(folder) == []
+    else:  # finished before the first performance marker
+        assert dst.stat("/big").size == 512 << 20
