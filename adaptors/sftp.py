@@ -667,7 +667,7 @@ class SFTPAdaptor(Adaptor):
         if err:
             raise errors.Unavailable(f"site {self.name}: {err}")
         try:
-            key = self._key()
+            key = await asyncio.to_thread(self._key)  # file I/O off the loop
             try:
                 session = await self._connect(key)
             except asyncssh.PermissionDenied:
@@ -1122,7 +1122,7 @@ class SFTPAdaptor(Adaptor):
         ``unknown: <reason>``."""
         async def check() -> str:
             try:
-                key = self._key()
+                key = await asyncio.to_thread(self._key)  # file I/O off the loop
                 session = await self._connect(key)
             except asyncssh.PermissionDenied:
                 if self.key_file:

@@ -348,15 +348,20 @@ class TransferEngine:
     def _copy_once(self, ctl: JobControl, state: dict[str, Any], source: Adaptor, src: str,
                    target: Adaptor, dst: str, alg: str | None,
                    same_site: bool) -> tuple[int, str | None]:
+        server_side = False
         if same_site and Capability.SERVER_COPY in target.capabilities:
             target.copy(src, dst, overwrite=True)
-            n = target.stat(dst).size
-            state["committed"].append(dst)
-            ctl.add_bytes(n)
+            server_side = True
         elif (source.type_name == target.type_name and not same_site
               and Capability.THIRD_PARTY_COPY in target.capabilities
               and Capability.THIRD_PARTY_COPY in source.capabilities):
-            target.copy_from(source, src, dst, overwrite=True)
+            try:
+                target.copy_from(source, src, dst, overwrite=True)
+                server_side = True
+            except errors.Unsupported as exc:  # e.g. two S3 endpoints: stream instead
+                log.info("transfer %s: no third-party path (%s); streaming", ctl.job_id,
+                         exc.message)
+        if server_side:
             n = target.stat(dst).size
             state["committed"].append(dst)
             ctl.add_bytes(n)
