@@ -9,6 +9,7 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -131,7 +132,8 @@ def test_gridftp_copy_between_servers_is_third_party(gridftp_server, gridftp_ser
 
 def _proc_io() -> int:
     """Bytes this (gateway) process read and wrote through syscalls."""
-    fields = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
+    text = Path("/proc/self/io").read_text()
+    fields = dict(line.split(": ") for line in text.splitlines())
     return int(fields["rchar"]) + int(fields["wchar"])
 
 
