@@ -15,7 +15,12 @@ Shape:
 * Reads and writes are pipelined: many requests of the server's maximum size
   (``limits@openssh.com``) in flight, across ``read()``/``write()`` calls.
 * Writes go to a hidden temporary name in the target directory and are renamed
-  into place on commit (``posix-rename@openssh.com`` where offered).
+  into place on commit (``posix-rename@openssh.com`` where offered), after an
+  ``fsync@openssh.com`` unless the site says ``fsync: false``.  A temporary
+  file that could not be removed (server away) is removed on the next
+  connection.
+* Same-site ``copy`` uses the ``copy-data`` extension when the server offers
+  it (OpenSSH >= 9.0); only then does the instance declare SERVER_COPY.
 * Authentication uses the gateway's own key (see :mod:`adaptors.keys`), or
   ``key_file``; a ``password`` is used once to install the gateway key.
 """
