@@ -36,7 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adaptors import create_adaptor
 from adaptors.base import Adaptor, AdaptorContext
-from tests.servers.sshd import chown_user, missing_reason, remove_user, start_sshd
+from tests.servers.sshd import (
+    SSHServer,
+    chown_user,
+    missing_reason,
+    remove_user,
+    start_sshd,
+)
 
 MiB = 1024 * 1024
 
@@ -67,6 +73,15 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-sftp-"))
     server = start_sshd(work / "sshd")
+    try:
+        return measure(args, work, server)
+    finally:
+        server.stop()
+        remove_user(server.user)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work: Path, server: SSHServer) -> int:
     site = server.site("bench")
     remote_dir = Path(site["path"])
     known = work / "known_hosts"
@@ -144,9 +159,6 @@ def main() -> int:
     load_after = os.getloadavg()[0]
     adaptor.close()
     nosync.close()
-    server.stop()
-    remove_user(server.user)
-    shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}
     mib = size / MiB
