@@ -15,7 +15,12 @@ Shape:
 * Reads and writes are pipelined: many requests of the server's maximum size
   (``limits@openssh.com``) in flight, across ``read()``/``write()`` calls.
 * Writes go to a hidden temporary name in the target directory and are renamed
-  into place on commit (``posix-rename@openssh.com`` where offered).
+  into place on commit (``posix-rename@openssh.com`` where offered), after an
+  ``fsync@openssh.com`` unless the site says ``fsync: false``.  A temporary
+  file that could not be removed (server away) is removed on the next
+  connection.
+* Same-site ``copy`` uses the ``copy-data`` extension when the server offers
+  it (OpenSSH >= 9.0); only then does the instance declare SERVER_COPY.
 * Authentication uses the gateway's own key (see :mod:`adaptors.keys`), or
   ``key_file``; a ``password`` is used once to install the gateway key.
 """
@@ -74,6 +79,8 @@ WRITE_BEHIND = 8 * 1024 * 1024
 #: reader asks the loop for at least this much at a time
 WRITE_FLUSH = 1024 * 1024
 READ_TAKE = 1024 * 1024
+#: send the SSH packets of one loop iteration with one syscall (see _CoalescingTransport)
+COALESCE_WRITES = True
 #: how long one call may wait for the server before it fails (not hang)
 IO_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 20.0
@@ -257,6 +264,43 @@ class _Session:
         self.dead = True
         if self.conn is not None:
             self.conn.close()
+
+
+class _CoalescingTransport:
+    """Wraps the connection's asyncio transport so that the SSH packets queued
+    in one loop iteration leave in one ``send()`` (asyncssh writes every 32 KiB
+    packet separately; one syscall each costs ~10% of the CPU of an upload)."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _Client(asyncssh.SSHClient):
@@ -546,6 +590,9 @@ class SFTPAdaptor(Adaptor):
         "password": OptionSpec(str, secret=True,
                                help="used once to install the gateway key, then forgotten"),
         "key_file": OptionSpec(str, help="private key to use instead of the gateway key"),
+        "fsync": OptionSpec(bool, default=True,
+                            help="flush uploads to the server's disk before they are renamed "
+                                 "into place (fsync@openssh.com); false is faster, like scp"),
     }
     capabilities = Capability.ATOMIC_RENAME
 
@@ -561,6 +608,7 @@ class SFTPAdaptor(Adaptor):
         self.root = "." if root in ("", ".") else root
         self.key_file: str | None = opts.get("key_file") or None
         self.max_connections = max(1, int(opts.get("max_connections") or 8))
+        self.fsync = bool(opts.get("fsync", True))
         self.pin = keys.HostKeyPin(self.host, self.port, opts.get("host_key") or None,
                                    opts.get("known_hosts") or None,
                                    bool(opts.get("insecure_skip_host_key", False)))
@@ -650,6 +698,11 @@ class SFTPAdaptor(Adaptor):
             connect_timeout=CONNECT_TIMEOUT, login_timeout=CONNECT_TIMEOUT,
             keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT_MAX,
             client_factory=lambda: _Client(session))
+        transport = getattr(conn, "_transport", None)
+        if COALESCE_WRITES and transport is not None and callable(getattr(transport, "write",
+                                                                          None)):
+            conn._transport = _CoalescingTransport(  # type: ignore[assignment]
+                transport, asyncio.get_running_loop())
         try:
             sftp = await asyncio.wait_for(conn.start_sftp_client(), CONNECT_TIMEOUT)
         except BaseException:
@@ -833,7 +886,7 @@ class SFTPAdaptor(Adaptor):
         if tail:
             await pipe.push(tail)
         await pipe.drain()
-        if session.fsync:
+        if session.fsync and self.fsync:
             await pipe.fh.fsync()
         await pipe.fh.close()
         if session.posix_rename:
@@ -1065,7 +1118,7 @@ class SFTPAdaptor(Adaptor):
                 fout = await sftp.open(tmp, "xb", block_size=0)
                 try:
                     await sftp.remote_copy(fin, fout)
-                    if session.fsync:
+                    if session.fsync and self.fsync:
                         await fout.fsync()
                 finally:
                     await fout.close()

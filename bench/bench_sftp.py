@@ -35,8 +35,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adaptors import create_adaptor
-from adaptors.base import AdaptorContext
-from tests.servers.sshd import chown_user, missing_reason, remove_user, start_sshd
+from adaptors.base import Adaptor, AdaptorContext
+from tests.servers.sshd import (
+    SSHServer,
+    chown_user,
+    missing_reason,
+    remove_user,
+    start_sshd,
+)
 
 MiB = 1024 * 1024
 
@@ -67,6 +73,15 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-sftp-"))
     server = start_sshd(work / "sshd")
+    try:
+        return measure(args, work, server)
+    finally:
+        server.stop()
+        remove_user(server.user)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work: Path, server: SSHServer) -> int:
     site = server.site("bench")
     remote_dir = Path(site["path"])
     known = work / "known_hosts"
@@ -88,9 +103,11 @@ def main() -> int:
 
     adaptor = create_adaptor(site, AdaptorContext(data_dir=work / "data"))
     adaptor.stat("/")  # connect once, like a running gateway
+    nosync = create_adaptor({**site, "fsync": False}, AdaptorContext(data_dir=work / "data"))
+    nosync.stat("/")
 
-    def put_adaptor() -> None:
-        w = adaptor.open_write("/up.adaptor", size_hint=size)
+    def put_adaptor(a: Adaptor = adaptor) -> None:
+        w = a.open_write("/up.adaptor", size_hint=size)
         with open(src, "rb") as fh:
             while chunk := fh.read(MiB):
                 w.write(chunk)
@@ -107,6 +124,7 @@ def main() -> int:
     cpu: dict[str, list[float]] = {}
     cases: list[tuple[str, Callable[[], None]]] = [
         ("PUT adaptor", put_adaptor),
+        ("PUT adaptor-nofsync", lambda: put_adaptor(nosync)),
         ("PUT scp", lambda: scp(str(src), f"{target}:{remote_dir}/up.scp", None)),
         ("PUT scp-gcm", lambda: scp(str(src), f"{target}:{remote_dir}/up.scp",
                                     "aes128-gcm@openssh.com")),
@@ -140,26 +158,28 @@ def main() -> int:
     n_listed = len(adaptor.list("/many"))
     load_after = os.getloadavg()[0]
     adaptor.close()
-    server.stop()
-    remove_user(server.user)
-    shutil.rmtree(work, ignore_errors=True)
+    nosync.close()
 
     med = {k: statistics.median(v) for k, v in results.items()}
     mib = size / MiB
     print(f"\nsftp adaptor vs scp, {mib:.0f} MiB file, 127.0.0.1, median of {args.repeat} "
           f"(load average {load_before:.1f} -> {load_after:.1f}, {os.cpu_count()} cores)\n")
-    print("| op  | adaptor s (MiB/s) | scp s (MiB/s) | ratio | scp aes-gcm s (MiB/s) | ratio |")
-    print("|-----|-------------------|---------------|-------|-----------------------|-------|")
+    print("| op | adaptor s (MiB/s) | scp s (MiB/s) | ratio | scp aes-gcm s (MiB/s) | ratio |")
+    print("|----|-------------------|---------------|-------|-----------------------|-------|")
     for op in ("PUT", "GET"):
         a, s, g = med[f"{op} adaptor"], med[f"{op} scp"], med[f"{op} scp-gcm"]
         print(f"| {op} | {a:.2f} ({mib / a:.0f}) | {s:.2f} ({mib / s:.0f}) | {s / a:.2f}x "
               f"| {g:.2f} ({mib / g:.0f}) | {g / a:.2f}x |")
-    print("\nratio = scp time / adaptor time (>= 1: the adaptor is faster)")
+    a, s, g = med["PUT adaptor-nofsync"], med["PUT scp"], med["PUT scp-gcm"]
+    print(f"| PUT, fsync: false | {a:.2f} ({mib / a:.0f}) | {s:.2f} ({mib / s:.0f}) | "
+          f"{s / a:.2f}x | {g:.2f} ({mib / g:.0f}) | {g / a:.2f}x |")
+    print("\nratio = scp time / adaptor time (>= 1: the adaptor is faster); the adaptor's "
+          "PUT commits with fsync (durable), scp does not")
     print("\nclient-side CPU seconds per GiB (median; independent of other load):")
     for op in ("PUT", "GET"):
+        who = ["adaptor", "scp", "scp-gcm"] + (["adaptor-nofsync"] if op == "PUT" else [])
         print(f"  {op}: " + ", ".join(
-            f"{who} {statistics.median(cpu[f'{op} {who}']) * 1024 / mib:.2f}"
-            for who in ("adaptor", "scp", "scp-gcm")))
+            f"{w} {statistics.median(cpu[f'{op} {w}']) * 1024 / mib:.2f}" for w in who))
     print(f"\nlisting {n_listed} files: adaptor.list {statistics.median(lists):.3f} s, "
           f"sftp -b 'ls -l' (new connection included) {statistics.median(sftp_lists):.3f} s")
     print("\nall runs (s):")
