@@ -512,3 +512,21 @@ def test_abort_right_after_a_part_was_queued(adaptor: S3Adaptor,
         assert time.monotonic() - t0 < 30
     assert pending_uploads(seaweedfs_server, adaptor.prefix) == []
     assert adaptor.list("/") == []
+
+
+def test_transient_connection_faults_are_retried(s3_site: dict[str, Any],
+                                                 seaweedfs_server: SeaweedFS,
+                                                 tmp_path: Path) -> None:
+    """Connections dropped by the network are retried with backoff (botocore
+    standard mode) instead of failing the operation."""
+    from urllib.parse import urlsplit
+
+    proxy = CountingProxy(urlsplit(seaweedfs_server.endpoint_url).port or 80, drop_first=2)
+    a = make({**s3_site, "endpoint_url": f"http://127.0.0.1:{proxy.port}"}, tmp_path)
+    try:
+        put(a, "/r", b"retried")
+        assert proxy.drop_first == 0
+        assert get(a, "/r") == b"retried"
+    finally:
+        a.close()
+        proxy.close()
