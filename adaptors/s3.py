@@ -111,8 +111,9 @@ TREE_CONCURRENCY = 16
 DELETE_BATCH = 1000
 #: name of the probe object written (and removed) by probe(); hidden from listings
 PROBE_PREFIX = ".fedgate-probe-"
-#: bytes fetched from the response body per hop to the IO loop
-READ_CHUNK = 1 * MiB
+#: least bytes fetched from a response body per hop to the IO loop (small reads
+#: are served from this buffer; it also bounds the over-read of a short Range)
+READ_CHUNK = 256 * 1024
 
 _UNAVAILABLE_CODES = frozenset({
     "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName",
