@@ -284,7 +284,8 @@ class _S3Reader:
         self._etag: str | None = resp.get("ETag") if resp else None
         self._pos = position
         self._end = end  # exclusive end, None = to EOF
-        self._buf = b""
+        self._buf = b""  # fetched but not yet returned: self._buf[self._off:]
+        self._off = 0
         self._resumes = 0
         self._closed = self._body is None
 
@@ -328,14 +329,20 @@ class _S3Reader:
             return b""
         if size == 0:
             return b""
+        buffered = len(self._buf) - self._off
         if size < 0:
-            data = self._buf + self._adaptor._run(self._fill(1 << 62), self._path)
-            self._buf = b""
+            data = self._buf[self._off:] + self._adaptor._run(self._fill(1 << 62), self._path)
+            self._buf, self._off = b"", 0
             return data
-        if len(self._buf) < size:
-            want = max(size - len(self._buf), READ_CHUNK)
-            self._buf += self._adaptor._run(self._fill(want), self._path)
-        data, self._buf = self._buf[:size], self._buf[size:]
+        if buffered >= size:
+            data = self._buf[self._off:self._off + size]
+            self._off += size
+            return data
+        fetched = self._adaptor._run(self._fill(max(size - buffered, READ_CHUNK)), self._path)
+        if buffered:
+            fetched = self._buf[self._off:] + fetched
+        data = fetched[:size]
+        self._buf, self._off = (fetched, size) if len(fetched) > size else (b"", 0)
         return data
 
     def close(self) -> None:
