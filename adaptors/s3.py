@@ -67,6 +67,7 @@ import concurrent.futures
 import logging
 import math
 import mimetypes
+import os
 import re
 import threading
 import uuid
@@ -205,6 +206,21 @@ _LOOP_LOCK = threading.Lock()
 _LOOP: asyncio.AbstractEventLoop | None = None
 
 
+#: clients inherited from a parent process, kept alive so that garbage
+#: collection never closes connections the parent still uses
+_FORK_LEFTOVERS: list[Any] = []
+
+
+def _reset_after_fork() -> None:
+    """In a forked child the parent's IO thread does not exist: start afresh."""
+    global _LOOP, _LOOP_LOCK
+    _LOOP = None
+    _LOOP_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def io_loop() -> asyncio.AbstractEventLoop:
     """The event loop (on its own daemon thread) every S3 coroutine runs on."""
     global _LOOP
@@ -287,6 +303,7 @@ class _S3Reader:
         self._buf = b""  # fetched but not yet returned: self._buf[self._off:]
         self._off = 0
         self._resumes = 0
+        self._pid = os.getpid()
         self._closed = self._body is None
 
     async def _fill(self, size: int) -> bytes:
@@ -351,7 +368,7 @@ class _S3Reader:
         self._closed = True
         self._buf = b""
         body, self._body = self._body, None
-        if body is None:
+        if body is None or self._pid != os.getpid():  # inherited over fork: the parent's
             return
         loop = self._adaptor._loop
         try:
@@ -436,6 +453,7 @@ class _S3Writer(Writer):
         self._done = False
         self.bytes_written = 0
         self._content_type = adaptor.guess_type(path)
+        self._pid = os.getpid()
 
     def _part_size(self) -> int:
         # grows past 2,000 parts so unknown-size uploads fit in 10,000 parts
@@ -553,7 +571,7 @@ class _S3Writer(Writer):
             pass  # best effort; S3 lifecycle rules reap what is left
 
     def __del__(self) -> None:
-        if not getattr(self, "_done", True):
+        if not getattr(self, "_done", True) and getattr(self, "_pid", 0) == os.getpid():
             try:
                 self._fail()
             except Exception as exc:
@@ -616,7 +634,7 @@ class S3Adaptor(Adaptor):
         self._token: str | None = opt.get("session_token") or None
         self._anonymous = bool(opt.get("anonymous", False))
         self._config_error = self._validate()
-        self._loop = io_loop()
+        self._pid = os.getpid()
         self._fs_lock = threading.Lock()
         self._fs: Any = None
         self._client_obj: Any = None
@@ -680,6 +698,19 @@ class S3Adaptor(Adaptor):
         return mimetypes.guess_type(base_name(path))[0] or "application/octet-stream"
 
     # -- plumbing -------------------------------------------------------------------
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The IO loop (started on first use; a forked child gets its own loop
+        and client, never the parent's)."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._fs_lock = threading.Lock()
+            # the parent's client shares its sockets: never close it here
+            _FORK_LEFTOVERS.append(self._fs)
+            self._fs = None
+            self._client_obj = None
+        return io_loop()
+
     def _translate(self, exc: BaseException, path: str) -> errors.AdaptorError:
         return translate_error(exc, path, self.bucket, self._endpoint_display)
 
@@ -746,7 +777,10 @@ class S3Adaptor(Adaptor):
             use_listings_cache=False,
             skip_instance_cache=True,
             loop=self._loop,
-            asynchronous=False,
+            # we await s3fs ourselves; asynchronous=True also keeps s3fs from
+            # registering an at-exit finaliser that would close, in a forked
+            # child, connections its parent still uses
+            asynchronous=True,
         )
 
     async def _client(self) -> Any:
