@@ -13,7 +13,11 @@ Layout
     A site path ``/a/b`` is the key ``{prefix}a/b``.  Directories are key
     prefixes; ``mkdir`` writes a zero-byte marker ``{prefix}a/`` so that empty
     collections persist.  A directory exists when its marker or any key under
-    it exists; the site root exists whenever the bucket does.
+    it exists; the site root exists whenever the bucket does.  Removing or
+    moving a tree also deletes its directory keys deepest first: S3 ignores
+    them, but servers on a hierarchical store (SeaweedFS) otherwise keep
+    listing the emptied directories.  Removing the last entry of a directory
+    that had no marker writes one, so the directory stays (as on a disk).
 
 Writes (memory bound)
     A writer buffers up to ``part_size`` bytes.  Small files (< ``part_size``)
@@ -31,7 +35,9 @@ Writes (memory bound)
     every 2,000 parts to stay within S3's 10,000-part limit.
 
 Reads
-    ``open_read`` issues one (ranged) ``GetObject`` and streams its body.
+    ``open_read`` issues one (ranged) ``GetObject`` and streams its body,
+    at least 256 KiB per hop to the IO loop; ETags come unquoted and times as
+    aware UTC.
 
 Copies
     ``copy``/``rename`` use server-side ``CopyObject`` (``UploadPartCopy`` in
@@ -52,6 +58,10 @@ Errors and retries
 Connections
     Up to ``4 * max_connections`` pooled HTTP connections per site (at least
     ``2 * upload_concurrency + 4``).  An open reader holds one.
+
+Processes
+    A process forked after a site was used gets its own IO loop and client on
+    first use and never touches the parent's connections.
 
 Payload signing
     Request bodies are sent with ``UNSIGNED-PAYLOAD`` unless ``sign_payload``
