@@ -81,6 +81,7 @@ import os
 import re
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -588,6 +589,20 @@ class _S3Writer(Writer):
                 log.debug("abort of an unreferenced upload failed: %s", exc.__class__.__name__)
 
 
+def _close_client(creator: Any, loop: asyncio.AbstractEventLoop, pid: int) -> None:
+    """Close one aiobotocore client (its HTTP connections), from any thread but
+    only in the process that opened it."""
+    if creator is None or pid != os.getpid() or loop.is_closed() or not loop.is_running():
+        return
+    if _on_io_thread(loop):
+        loop.create_task(creator.__aexit__(None, None, None))
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(creator.__aexit__(None, None, None), loop).result(10)
+    except Exception as exc:
+        log.debug("closing the S3 client failed: %s", exc.__class__.__name__)
+
+
 # -- the adaptor -------------------------------------------------------------------
 class S3Adaptor(Adaptor):
     """A bucket (plus optional prefix) of an S3-compatible object store."""
@@ -648,6 +663,7 @@ class S3Adaptor(Adaptor):
         self._fs_lock = threading.Lock()
         self._fs: Any = None
         self._client_obj: Any = None
+        self._finalizer: weakref.finalize | None = None
         max_conn = int(opt.get("max_connections") or 8)
         self._pool_size = max(4 * max_conn, 2 * self.upload_concurrency + 4)
 
@@ -719,6 +735,7 @@ class S3Adaptor(Adaptor):
             _FORK_LEFTOVERS.append(self._fs)
             self._fs = None
             self._client_obj = None
+            self._finalizer = None  # bound to the parent's pid: a no-op here
         return io_loop()
 
     def _translate(self, exc: BaseException, path: str) -> errors.AdaptorError:
@@ -803,26 +820,22 @@ class S3Adaptor(Adaptor):
                 self._fs = self._make_fs()
             fs = self._fs
         client = await fs.set_session()
-        self._client_obj = client
+        if self._client_obj is None:
+            self._client_obj = client
+            # closes the client when the adaptor is collected or at exit
+            self._finalizer = weakref.finalize(
+                self, _close_client, getattr(fs, "_s3creator", None), asyncio.get_running_loop(),
+                os.getpid())
         return client
 
     def close(self) -> None:
         with self._fs_lock:
             fs, self._fs = self._fs, None
             self._client_obj = None
-        if fs is None or getattr(fs, "_s3", None) is None:
-            return
-        creator = getattr(fs, "_s3creator", None)
-        if creator is None:
-            return
-        if _on_io_thread(self._loop):
-            self._loop.create_task(creator.__aexit__(None, None, None))
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(
-                creator.__aexit__(None, None, None), self._loop).result(10)
-        except Exception as exc:
-            log.debug("closing the S3 client failed: %s", exc.__class__.__name__)
+            finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer()  # runs _close_client once
+        del fs
 
     # -- key mapping ------------------------------------------------------------------
     def _key(self, path: str) -> str:
