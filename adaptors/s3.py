@@ -13,7 +13,11 @@ Layout
     A site path ``/a/b`` is the key ``{prefix}a/b``.  Directories are key
     prefixes; ``mkdir`` writes a zero-byte marker ``{prefix}a/`` so that empty
     collections persist.  A directory exists when its marker or any key under
-    it exists; the site root exists whenever the bucket does.
+    it exists; the site root exists whenever the bucket does.  Removing or
+    moving a tree also deletes its directory keys deepest first: S3 ignores
+    them, but servers on a hierarchical store (SeaweedFS) otherwise keep
+    listing the emptied directories.  Removing the last entry of a directory
+    that had no marker writes one, so the directory stays (as on a disk).
 
 Writes (memory bound)
     A writer buffers up to ``part_size`` bytes.  Small files (< ``part_size``)
@@ -31,7 +35,9 @@ Writes (memory bound)
     every 2,000 parts to stay within S3's 10,000-part limit.
 
 Reads
-    ``open_read`` issues one (ranged) ``GetObject`` and streams its body.
+    ``open_read`` issues one (ranged) ``GetObject`` and streams its body,
+    at least 256 KiB per hop to the IO loop; ETags come unquoted and times as
+    aware UTC.
 
 Copies
     ``copy``/``rename`` use server-side ``CopyObject`` (``UploadPartCopy`` in
@@ -53,6 +59,10 @@ Connections
     Up to ``4 * max_connections`` pooled HTTP connections per site (at least
     ``2 * upload_concurrency + 4``).  An open reader holds one.
 
+Processes
+    A process forked after a site was used gets its own IO loop and client on
+    first use and never touches the parent's connections.
+
 Payload signing
     Request bodies are sent with ``UNSIGNED-PAYLOAD`` unless ``sign_payload``
     is true (botocore's behaviour over https; it spares hashing every byte on
@@ -67,9 +77,11 @@ import concurrent.futures
 import logging
 import math
 import mimetypes
+import os
 import re
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -111,8 +123,9 @@ TREE_CONCURRENCY = 16
 DELETE_BATCH = 1000
 #: name of the probe object written (and removed) by probe(); hidden from listings
 PROBE_PREFIX = ".fedgate-probe-"
-#: bytes fetched from the response body per hop to the IO loop
-READ_CHUNK = 1 * MiB
+#: least bytes fetched from a response body per hop to the IO loop (small reads
+#: are served from this buffer; it also bounds the over-read of a short Range)
+READ_CHUNK = 256 * 1024
 
 _UNAVAILABLE_CODES = frozenset({
     "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName",
@@ -204,6 +217,21 @@ _LOOP_LOCK = threading.Lock()
 _LOOP: asyncio.AbstractEventLoop | None = None
 
 
+#: clients inherited from a parent process, kept alive so that garbage
+#: collection never closes connections the parent still uses
+_FORK_LEFTOVERS: list[Any] = []
+
+
+def _reset_after_fork() -> None:
+    """In a forked child the parent's IO thread does not exist: start afresh."""
+    global _LOOP, _LOOP_LOCK
+    _LOOP = None
+    _LOOP_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def io_loop() -> asyncio.AbstractEventLoop:
     """The event loop (on its own daemon thread) every S3 coroutine runs on."""
     global _LOOP
@@ -283,8 +311,10 @@ class _S3Reader:
         self._etag: str | None = resp.get("ETag") if resp else None
         self._pos = position
         self._end = end  # exclusive end, None = to EOF
-        self._buf = b""
+        self._buf = b""  # fetched but not yet returned: self._buf[self._off:]
+        self._off = 0
         self._resumes = 0
+        self._pid = os.getpid()
         self._closed = self._body is None
 
     async def _fill(self, size: int) -> bytes:
@@ -327,14 +357,20 @@ class _S3Reader:
             return b""
         if size == 0:
             return b""
+        buffered = len(self._buf) - self._off
         if size < 0:
-            data = self._buf + self._adaptor._run(self._fill(1 << 62), self._path)
-            self._buf = b""
+            data = self._buf[self._off:] + self._adaptor._run(self._fill(1 << 62), self._path)
+            self._buf, self._off = b"", 0
             return data
-        if len(self._buf) < size:
-            want = max(size - len(self._buf), READ_CHUNK)
-            self._buf += self._adaptor._run(self._fill(want), self._path)
-        data, self._buf = self._buf[:size], self._buf[size:]
+        if buffered >= size:
+            data = self._buf[self._off:self._off + size]
+            self._off += size
+            return data
+        fetched = self._adaptor._run(self._fill(max(size - buffered, READ_CHUNK)), self._path)
+        if buffered:
+            fetched = self._buf[self._off:] + fetched
+        data = fetched[:size]
+        self._buf, self._off = (fetched, size) if len(fetched) > size else (b"", 0)
         return data
 
     def close(self) -> None:
@@ -343,7 +379,7 @@ class _S3Reader:
         self._closed = True
         self._buf = b""
         body, self._body = self._body, None
-        if body is None:
+        if body is None or self._pid != os.getpid():  # inherited over fork: the parent's
             return
         loop = self._adaptor._loop
         try:
@@ -428,6 +464,7 @@ class _S3Writer(Writer):
         self._done = False
         self.bytes_written = 0
         self._content_type = adaptor.guess_type(path)
+        self._pid = os.getpid()
 
     def _part_size(self) -> int:
         # grows past 2,000 parts so unknown-size uploads fit in 10,000 parts
@@ -545,11 +582,25 @@ class _S3Writer(Writer):
             pass  # best effort; S3 lifecycle rules reap what is left
 
     def __del__(self) -> None:
-        if not getattr(self, "_done", True):
+        if not getattr(self, "_done", True) and getattr(self, "_pid", 0) == os.getpid():
             try:
                 self._fail()
             except Exception as exc:
                 log.debug("abort of an unreferenced upload failed: %s", exc.__class__.__name__)
+
+
+def _close_client(creator: Any, loop: asyncio.AbstractEventLoop, pid: int) -> None:
+    """Close one aiobotocore client (its HTTP connections), from any thread but
+    only in the process that opened it."""
+    if creator is None or pid != os.getpid() or loop.is_closed() or not loop.is_running():
+        return
+    if _on_io_thread(loop):
+        loop.create_task(creator.__aexit__(None, None, None))
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(creator.__aexit__(None, None, None), loop).result(10)
+    except Exception as exc:
+        log.debug("closing the S3 client failed: %s", exc.__class__.__name__)
 
 
 # -- the adaptor -------------------------------------------------------------------
@@ -608,10 +659,11 @@ class S3Adaptor(Adaptor):
         self._token: str | None = opt.get("session_token") or None
         self._anonymous = bool(opt.get("anonymous", False))
         self._config_error = self._validate()
-        self._loop = io_loop()
+        self._pid = os.getpid()
         self._fs_lock = threading.Lock()
         self._fs: Any = None
         self._client_obj: Any = None
+        self._finalizer: weakref.finalize | None = None
         max_conn = int(opt.get("max_connections") or 8)
         self._pool_size = max(4 * max_conn, 2 * self.upload_concurrency + 4)
 
@@ -672,6 +724,20 @@ class S3Adaptor(Adaptor):
         return mimetypes.guess_type(base_name(path))[0] or "application/octet-stream"
 
     # -- plumbing -------------------------------------------------------------------
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The IO loop (started on first use; a forked child gets its own loop
+        and client, never the parent's)."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._fs_lock = threading.Lock()
+            # the parent's client shares its sockets: never close it here
+            _FORK_LEFTOVERS.append(self._fs)
+            self._fs = None
+            self._client_obj = None
+            self._finalizer = None  # bound to the parent's pid: a no-op here
+        return io_loop()
+
     def _translate(self, exc: BaseException, path: str) -> errors.AdaptorError:
         return translate_error(exc, path, self.bucket, self._endpoint_display)
 
@@ -738,7 +804,10 @@ class S3Adaptor(Adaptor):
             use_listings_cache=False,
             skip_instance_cache=True,
             loop=self._loop,
-            asynchronous=False,
+            # we await s3fs ourselves; asynchronous=True also keeps s3fs from
+            # registering an at-exit finaliser that would close, in a forked
+            # child, connections its parent still uses
+            asynchronous=True,
         )
 
     async def _client(self) -> Any:
@@ -751,26 +820,22 @@ class S3Adaptor(Adaptor):
                 self._fs = self._make_fs()
             fs = self._fs
         client = await fs.set_session()
-        self._client_obj = client
+        if self._client_obj is None:
+            self._client_obj = client
+            # closes the client when the adaptor is collected or at exit
+            self._finalizer = weakref.finalize(
+                self, _close_client, getattr(fs, "_s3creator", None), asyncio.get_running_loop(),
+                os.getpid())
         return client
 
     def close(self) -> None:
         with self._fs_lock:
             fs, self._fs = self._fs, None
             self._client_obj = None
-        if fs is None or getattr(fs, "_s3", None) is None:
-            return
-        creator = getattr(fs, "_s3creator", None)
-        if creator is None:
-            return
-        if _on_io_thread(self._loop):
-            self._loop.create_task(creator.__aexit__(None, None, None))
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(
-                creator.__aexit__(None, None, None), self._loop).result(10)
-        except Exception as exc:
-            log.debug("closing the S3 client failed: %s", exc.__class__.__name__)
+            finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer()  # runs _close_client once
+        del fs
 
     # -- key mapping ------------------------------------------------------------------
     def _key(self, path: str) -> str:

@@ -512,3 +512,50 @@ def test_abort_right_after_a_part_was_queued(adaptor: S3Adaptor,
         assert time.monotonic() - t0 < 30
     assert pending_uploads(seaweedfs_server, adaptor.prefix) == []
     assert adaptor.list("/") == []
+
+
+def test_transient_connection_faults_are_retried(s3_site: dict[str, Any],
+                                                 seaweedfs_server: SeaweedFS,
+                                                 tmp_path: Path) -> None:
+    """Connections dropped by the network are retried with backoff (botocore
+    standard mode) instead of failing the operation."""
+    from urllib.parse import urlsplit
+
+    proxy = CountingProxy(urlsplit(seaweedfs_server.endpoint_url).port or 80, drop_first=2)
+    a = make({**s3_site, "endpoint_url": f"http://127.0.0.1:{proxy.port}"}, tmp_path)
+    try:
+        put(a, "/r", b"retried")
+        assert proxy.drop_first == 0
+        assert get(a, "/r") == b"retried"
+    finally:
+        a.close()
+        proxy.close()
+
+
+def test_usable_in_a_forked_child(adaptor: S3Adaptor) -> None:
+    """A process forked after the adaptor was used (pre-fork servers, workers)
+    gets its own IO loop and client instead of hanging on the parent's."""
+    put(adaptor, "/before-fork", b"1")
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            put(adaptor, "/from-child", b"child")
+            code = 0 if get(adaptor, "/from-child") == b"child" else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("forked child hung")
+        time.sleep(0.1)
+    assert os.waitstatus_to_exitcode(status) == 0
+    t0 = time.monotonic()
+    assert get(adaptor, "/from-child") == b"child"
+    # the child must not have broken the parent's pooled connections
+    assert time.monotonic() - t0 < 10

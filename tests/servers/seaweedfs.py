@@ -99,8 +99,10 @@ class CountingProxy:
     each direction: put it between an adaptor and the server to see how much
     data really travels through the adaptor's process (not a protocol mock)."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, drop_first: int = 0) -> None:
         self.target_port = target_port
+        self.drop_first = drop_first
+        """the first ``drop_first`` connections are closed at once (fault injection)"""
         self.sent = 0  # client -> server
         self.received = 0  # server -> client
         self._lock = threading.Lock()
@@ -122,6 +124,10 @@ class CountingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.drop_first > 0:
+                self.drop_first -= 1
+                client.close()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             threading.Thread(target=self._pump, args=(client, upstream, True),
                              daemon=True).start()
