@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import re
 from typing import TYPE_CHECKING, Any
 
 from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, DAVError
@@ -202,14 +203,32 @@ class SiteCollection(_SiteMixin, DAVCollection):
         self.provider.note_change(site, adaptor, rel)
 
 
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+
+
+def single_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, length) of a one-range ``Range`` header, so that the back end is
+    asked for exactly those bytes (None for no, several or unusable ranges)."""
+    m = _RANGE.match(header or "")
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    if m.group(1):
+        start = int(m.group(1))
+        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    else:
+        start, end = max(size - int(m.group(2)), 0), size - 1
+    return (start, end - start + 1) if 0 <= start <= end else None
+
+
 class _LazyReader:
     """Seekable view of an adaptor file; opens the back-end stream at the first
     read, at the current offset (so Range requests become ranged reads)."""
 
-    def __init__(self, adaptor: Adaptor, rel: str) -> None:
+    def __init__(self, adaptor: Adaptor, rel: str, span: tuple[int, int] | None = None) -> None:
         self.adaptor = adaptor
         self.rel = rel
         self.pos = 0
+        self.span = span  # (start, length) of a single requested range, if any
         self._r: Reader | None = None
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -223,8 +242,9 @@ class _LazyReader:
 
     def read(self, size: int = -1) -> bytes:
         if self._r is None:
+            length = self.span[1] if self.span and self.span[0] == self.pos else None
             with dav_errors():
-                self._r = self.adaptor.open_read(self.rel, self.pos)
+                self._r = self.adaptor.open_read(self.rel, self.pos, length)
         with dav_errors():
             data = self._r.read(size)
         self.pos += len(data)
@@ -284,7 +304,8 @@ class FileResource(_SiteMixin, DAVNonCollection):
         return False
 
     def get_content(self) -> _LazyReader:
-        return _LazyReader(self.adaptor, self.rel)
+        return _LazyReader(self.adaptor, self.rel,
+                           single_range(self.environ.get("HTTP_RANGE"), self.entry.size))
 
     # -- PUT ---------------------------------------------------------------------------
     def begin_write(self, *, content_type: str | None = None) -> _UploadSink:
