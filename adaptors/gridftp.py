@@ -36,9 +36,10 @@ How it is built
   changes) raises :class:`errors.Unavailable` saying so and how to renew it.
 * **Listing** is gfal2 ``opendir``/``readpp``: one MLSD per directory, each
   entry arriving with its stat facts.
-* **Reads** from offset 0 stream one GET; a read from an offset uses partial
-  GETs (ERET) of 2 MiB each (what gfal2 does after a seek); ``read(n)``
-  returns at most 1 MiB per call (larger gfal2 buffers page-fault heavily).
+* **Reads** stream one GET; an offset is reached by discarding the bytes
+  before it, because gfal2's seek/pread on GridFTP crashes the process (see
+  :class:`_GridFTPReader`).  ``read(n)`` returns at most 1 MiB per call
+  (larger gfal2 buffers page-fault heavily).
 * **Writes** go to a hidden ``.fedgate-tmp-*`` file in the target folder,
   checked for size, then renamed onto the target; abort removes it.
 * **Copies**: ``copy()`` and ``copy_from()`` are gfal2 ``filecopy`` server to
@@ -102,8 +103,6 @@ log = logging.getLogger(__name__)
 
 #: prefix of staged uploads and copies; hidden from listings
 TEMP_PREFIX = ".fedgate-tmp-"
-#: size of one partial GET when reading from an offset
-RANGE_CHUNK = 2 * 1024 * 1024
 #: largest gfal2 read per call: bigger buffers are fresh mmaps whose page
 #: faults cost more than the transfer (4 MiB reads ran 3-6x slower here)
 READ_CHUNK = 1024 * 1024
@@ -396,6 +395,8 @@ class GridFTPAdaptor(Adaptor):
         left = max(0, entry.size - offset)
         if length is not None:
             left = min(left, max(0, length))
+        if left == 0:
+            return _EmptyReader()
         ctx = self._acquire()
         try:
             with self._translate(path):
@@ -626,10 +627,16 @@ def _proxy_expiry(path: str) -> datetime | None:
 
 
 class _GridFTPReader:
-    """Bytes ``[offset, offset+left)`` of a file: one GET stream from offset 0,
-    partial GETs (ERET) of :data:`RANGE_CHUNK` from any other offset.  Like a
-    raw file, ``read(n)`` may return fewer than ``n`` bytes (at most 1 MiB
-    from the stream); only ``b""`` means the end."""
+    """Bytes ``[offset, offset+left)`` of a file from one GET stream.
+
+    An offset is reached by reading and discarding the bytes before it, on
+    purpose: gfal2 serves a seek (and ``pread``, which it builds on seek) by
+    aborting the running GET twice, and the second abort races the Globus
+    callback thread -- the process died with SIGSEGV in our stress tests,
+    with or without threads.  Discarding costs O(offset) transfer (about
+    1 GiB/s on loopback); closing before the end aborts the GET once, which
+    gfal2 handles correctly.  Like a raw file, ``read(n)`` may return fewer
+    than ``n`` bytes (at most 1 MiB per call); only ``b""`` means the end."""
 
     def __init__(self, adaptor: GridFTPAdaptor, ctx: Any, fh: Any, path: str, offset: int,
                  left: int) -> None:
@@ -637,10 +644,8 @@ class _GridFTPReader:
         self._ctx: Any = ctx
         self._fh: Any = fh
         self._path = path
-        self._pos = offset
+        self._skip = offset
         self._left = left
-        self._stream = offset == 0
-        self._buf = b""
 
     def read(self, size: int = -1) -> bytes:
         if self._fh is None:
@@ -651,19 +656,16 @@ class _GridFTPReader:
         if want == 0:
             return b""
         with self._adaptor._translate(self._path):
-            if self._stream:
-                data = self._fh.read_bytes(min(want, READ_CHUNK))
-            else:
-                if not self._buf:
-                    self._buf = self._fh.pread_bytes(self._pos, min(self._left, RANGE_CHUNK))
-                if want >= len(self._buf):
-                    data, self._buf = self._buf, b""
-                else:
-                    data, self._buf = self._buf[:want], self._buf[want:]
+            while self._skip > 0:
+                skipped = self._fh.read_bytes(min(self._skip, READ_CHUNK))
+                if not skipped:
+                    self._left = 0
+                    return b""
+                self._skip -= len(skipped)
+            data = self._fh.read_bytes(min(want, READ_CHUNK))
         if not data:
             self._left = 0
             return b""
-        self._pos += len(data)
         self._left -= len(data)
         return data
 
@@ -680,6 +682,16 @@ class _GridFTPReader:
     def __del__(self) -> None:
         if getattr(self, "_fh", None) is not None:
             self.close()
+
+
+class _EmptyReader:
+    """Zero bytes (an empty file or a range past its end): nothing to open."""
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
 
 
 class _GridFTPWriter(Writer):

@@ -295,3 +295,29 @@ def test_third_party_copy_cancel(gridftp_server, gridftp_server_b, tmp_path):
         assert os.listdir(folder) == []
     else:  # finished before the first performance marker
         assert dst.stat("/big").size == 512 << 20
+
+
+def test_threads_with_ranged_reads_and_adaptor_churn(gridftp_site, tmp_path):
+    """Regression: gfal2's seek/pread crashed the process (SIGSEGV) under this
+    load; reads at an offset must not use it."""
+    def worker(k: int) -> bool:
+        ok = True
+        for _ in range(15):
+            a = create_adaptor(gridftp_site, AdaptorContext(data_dir=tmp_path))
+            data = os.urandom(100_000)
+            w = a.open_write(f"/f{k}")
+            w.write(data)
+            w.commit()
+            r = a.open_read(f"/f{k}", 10, 1000)
+            ok &= r.read() == data[10:1010]
+            r.close()
+            r = a.open_read(f"/f{k}", 0, 10)
+            ok &= r.read() == data[:10]
+            r.close()
+            a.list("/")
+            a.copy(f"/f{k}", f"/c{k}", overwrite=True)
+            a.close()
+        return ok
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(worker, range(4)))
