@@ -335,11 +335,21 @@ def start_server(workdir: Path, *, gsi: PKI | None = None, proxy: Path | None = 
                    X509_CERT_DIR=str(gsi.cert_dir), GRIDMAP=str(gsi.gridmap))
     proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=open(workdir / f"stderr-{port}.log", "wb"),  # noqa: SIM115
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
     _wait_port(port, proc, log)
     return GridFTPServer(port=port, scheme="gsiftp" if gsi else "ftp", data_root=data_root,
                          log=log, transfer_log=tlog, proc=proc, account=account, user=user,
                          password=password, pki=gsi, proxy=proxy)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL the server when the test process dies
+    (a crashed run must not leave servers behind)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
 def _skip_without_server() -> None:
