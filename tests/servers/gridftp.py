@@ -296,6 +296,14 @@ class GridFTPServer:
             opts.update(x509_proxy=str(self.proxy), x509_cert_dir=str(self.pki.cert_dir))
         return opts
 
+    def remove_data(self) -> None:
+        """Delete the site folders (retrying: a dying server may still write)."""
+        for _ in range(5):
+            shutil.rmtree(self.data_root, ignore_errors=True)
+            if not self.data_root.exists():
+                return
+            time.sleep(0.2)
+
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, 15)
@@ -374,7 +382,7 @@ def gridftp_server(gridftp_workdir: Path) -> Iterator[GridFTPServer]:
     srv = start_server(gridftp_workdir / "ftp")
     yield srv
     srv.stop()
-    shutil.rmtree(srv.data_root, ignore_errors=True)
+    srv.remove_data()
 
 
 @pytest.fixture(scope="session")
@@ -384,7 +392,7 @@ def gridftp_server_b(gridftp_workdir: Path) -> Iterator[GridFTPServer]:
     srv = start_server(gridftp_workdir / "ftp-b")
     yield srv
     srv.stop()
-    shutil.rmtree(srv.data_root, ignore_errors=True)
+    srv.remove_data()
 
 
 @pytest.fixture(scope="session")
@@ -399,7 +407,7 @@ def gsiftp_server(gridftp_workdir: Path, gridftp_pki: PKI) -> Iterator[GridFTPSe
     srv = start_server(gridftp_workdir / "gsi", gsi=gridftp_pki, proxy=proxy)
     yield srv
     srv.stop()
-    shutil.rmtree(srv.data_root, ignore_errors=True)
+    srv.remove_data()
 
 
 @pytest.fixture
