@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import threading
+import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,10 +99,18 @@ def test_third_party_copy_between_servers(gridftp_server, gridftp_server_b, tmp_
     assert [e.name for e in dst.list("/in")] == ["big.bin"]
     assert sorted(os.listdir(urllib.parse.unquote(urllib.parse.urlsplit(
         dst.url("/in")).path))) == ["big.bin"]  # no temporary file left
-    sent = gridftp_server.transfer_log.read_text()
-    got = gridftp_server_b.transfer_log.read_text()
-    assert re.search(rf"TYPE=RETR .*CODE=226|NBYTES={size} .*TYPE=RETR", sent), sent[-500:]
-    assert re.search(rf"NBYTES={size} .*TYPE=STOR", got), got[-500:]
+    # each server logged its side of the transfer (logs may lag a little)
+    deadline = time.monotonic() + 10
+    while True:
+        sent = gridftp_server.transfer_log.read_text()
+        got = gridftp_server_b.transfer_log.read_text()
+        ok_sent = re.search(rf"NBYTES={size} .*TYPE=RETR", sent)
+        ok_got = re.search(rf"NBYTES={size} .*TYPE=STOR", got)
+        if (ok_sent and ok_got) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert ok_sent, sent[-500:]
+    assert ok_got, got[-500:]
     with pytest.raises(errors.Exists):
         dst.copy_from(src, "/big.bin", "/in/big.bin")
     dst.copy_from(src, "/big.bin", "/in/big.bin", overwrite=True)

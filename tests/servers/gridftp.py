@@ -327,7 +327,8 @@ def start_server(workdir: Path, *, gsi: PKI | None = None, proxy: Path | None = 
     tlog = workdir / f"transfers-{port}.log"
     args = [SERVER_BIN, "-p", str(port), "-control-interface", "127.0.0.1",
             "-data-interface", "127.0.0.1", "-l", str(log), "-log-level", "ERROR,WARN,INFO",
-            "-Z", str(tlog), "-allow-disabled-login"]
+            "-Z", str(tlog), "-log-module", "stdio:buffer=0",
+            "-allow-disabled-login"]
     env = dict(os.environ)
     for k in ("X509_USER_PROXY", "X509_USER_CERT", "X509_USER_KEY", "X509_CERT_DIR", "GRIDMAP"):
         env.pop(k, None)
