@@ -36,10 +36,13 @@ How it is built
   changes) raises :class:`errors.Unavailable` saying so and how to renew it.
 * **Listing** is gfal2 ``opendir``/``readpp``: one MLSD per directory, each
   entry arriving with its stat facts.
-* **Reads** stream one GET; an offset is reached by discarding the bytes
-  before it, because gfal2's seek/pread on GridFTP crashes the process (see
-  :class:`_GridFTPReader`).  ``read(n)`` returns at most 1 MiB per call
-  (larger gfal2 buffers page-fault heavily).
+* **Reads** stream one GET.  gfal2's seek/pread on GridFTP crashes the
+  process (see :class:`_GridFTPReader`), so a read from an offset below
+  8 MiB discards the bytes before it, and one from further on is a partial
+  GET (ERET) run by ``globus-url-copy`` (same Globus client library; the URL
+  and any password reach it on stdin), streamed from its stdout.
+  ``read(n)`` returns at most 1 MiB per call (larger gfal2 buffers
+  page-fault heavily).
 * **Writes** go to a hidden ``.fedgate-tmp-*`` file in the target folder,
   checked for size, then renamed onto the target; abort removes it.
 * **Copies**: ``copy()`` and ``copy_from()`` are gfal2 ``filecopy`` server to
@@ -72,6 +75,8 @@ import errno
 import logging
 import os
 import re
+import shutil
+import subprocess
 import threading
 import urllib.parse
 import uuid
@@ -103,6 +108,10 @@ log = logging.getLogger(__name__)
 
 #: prefix of staged uploads and copies; hidden from listings
 TEMP_PREFIX = ".fedgate-tmp-"
+#: reads from at least this offset use a partial GET by globus-url-copy; below
+#: it the bytes before the offset are read and discarded (see _GridFTPReader)
+PARTIAL_GET_MIN_OFFSET = 8 * 1024 * 1024
+_GUC = shutil.which("globus-url-copy")
 #: largest gfal2 read per call: bigger buffers are fresh mmaps whose page
 #: faults cost more than the transfer (4 MiB reads ran 3-6x slower here)
 READ_CHUNK = 1024 * 1024
@@ -335,6 +344,17 @@ class GridFTPAdaptor(Adaptor):
             return cls(f"site {self.name}: {_reason(message, code)}", path)
         return cls(f"{_reason(message, code)}: {path}" if path else _reason(message, code), path)
 
+    def _process_error(self, rc: int, stderr: str, path: str) -> errors.AdaptorError:
+        """An error for a failed globus-url-copy, without secrets or URLs."""
+        text = stderr
+        if self._password:
+            text = text.replace(self._password, "***")
+            text = text.replace(urllib.parse.quote(self._password, safe=""), "***")
+        text = " ".join(_URL_RE.sub("<url>", text).split())[:300]
+        if "No such file" in text or "not found" in text.lower():
+            return errors.NotFound(f"no such file: {path}", path)
+        return errors.Transient(f"partial read failed (exit {rc}): {text}: {path}", path)
+
     def _server_name(self, name: str) -> str:
         if not self.escape_non_ascii or name.isascii():
             return name
@@ -397,6 +417,8 @@ class GridFTPAdaptor(Adaptor):
             left = min(left, max(0, length))
         if left == 0:
             return _EmptyReader()
+        if offset >= PARTIAL_GET_MIN_OFFSET and _GUC:
+            return self._partial_get(path, offset, left)
         ctx = self._acquire()
         try:
             with self._translate(path):
@@ -405,6 +427,33 @@ class GridFTPAdaptor(Adaptor):
             self._release(ctx)
             raise
         return _GridFTPReader(self, ctx, fh, path, offset, left)
+
+    def _partial_get(self, path: str, offset: int, left: int) -> Reader:
+        """A GridFTP partial GET (ERET) of ``[offset, offset+left)`` by
+        ``globus-url-copy``, streamed from its stdout (gfal2 cannot seek
+        safely).  The URL, with the ftp password, goes in on stdin, never on
+        the command line."""
+        self._check_proxy()
+        url = self.url(path)
+        if self.scheme == "ftp" and self.user:
+            cred = urllib.parse.quote(self.user, safe="")
+            if self._password is not None:
+                cred += ":" + urllib.parse.quote(self._password, safe="")
+            url = url.replace("ftp://", f"ftp://{cred}@", 1)
+        env = dict(os.environ)
+        if self.scheme == "gsiftp":
+            env["X509_USER_PROXY"] = str(self.x509_proxy)
+        args = [str(_GUC), "-nodcau", "-partial-offset", str(offset),
+                "-partial-length", str(left), "-f", "-"]
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(f"{url} file:///dev/stdout\n".encode())
+            proc.stdin.close()
+        except OSError:
+            pass
+        return _ProcessReader(self, proc, path, left)
 
     def open_write(self, path: str, size_hint: int | None = None) -> Writer:
         self.check_writable(path)
@@ -681,6 +730,51 @@ class _GridFTPReader:
 
     def __del__(self) -> None:
         if getattr(self, "_fh", None) is not None:
+            self.close()
+
+
+class _ProcessReader:
+    """Reads the stdout of a ``globus-url-copy`` partial GET."""
+
+    def __init__(self, adaptor: GridFTPAdaptor, proc: subprocess.Popen[bytes], path: str,
+                 left: int) -> None:
+        self._adaptor = adaptor
+        self._proc: subprocess.Popen[bytes] | None = proc
+        self._path = path
+        self._left = left
+
+    def read(self, size: int = -1) -> bytes:
+        proc = self._proc
+        if proc is None:
+            raise ValueError("read from a closed reader")
+        if self._left <= 0:
+            return b""
+        want = self._left if size is None or size < 0 else min(size, self._left)
+        stdout: Any = proc.stdout  # a BufferedReader (bufsize=-1)
+        data = stdout.read1(min(want, READ_CHUNK)) if want else b""
+        if not data:
+            rc = proc.wait()
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            self.close()
+            raise self._adaptor._process_error(rc, err, self._path)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(Exception):
+            proc.wait(5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(Exception):
+                    pipe.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_proc", None) is not None:
             self.close()
 
 

@@ -330,3 +330,24 @@ def test_threads_with_ranged_reads_and_adaptor_churn(gridftp_site, tmp_path):
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(worker, range(4)))
+
+
+@pytest.mark.parametrize("which", ["ftp", "gsi"])
+def test_far_ranged_reads(which, ftp_adaptor, gsi_adaptor):
+    """Reads from offsets past PARTIAL_GET_MIN_OFFSET (partial GET), to the end
+    and bounded, and a missing file."""
+    a = ftp_adaptor if which == "ftp" else gsi_adaptor
+    data = os.urandom(20 * 1024 * 1024 + 3)
+    w = a.open_write("/far")
+    w.write(data)
+    w.commit()
+    for off, ln in [(9 << 20, 1000), (16 << 20, None), (len(data) - 1, None), (9 << 20, 5 << 20)]:
+        r = a.open_read("/far", off, ln)
+        try:
+            got = b"".join(iter(lambda r=r: r.read(1 << 20), b""))
+        finally:
+            r.close()
+        assert got == data[off: None if ln is None else off + ln], (off, ln)
+    r = a.open_read("/far", 10 << 20, 100)  # closed before the end
+    assert len(r.read(10)) <= 10
+    r.close()
