@@ -36,9 +36,13 @@ How it is built
   changes) raises :class:`errors.Unavailable` saying so and how to renew it.
 * **Listing** is gfal2 ``opendir``/``readpp``: one MLSD per directory, each
   entry arriving with its stat facts.
-* **Reads** from offset 0 stream one GET; a read from an offset uses partial
-  GETs (ERET) of 2 MiB each (what gfal2 does after a seek); ``read(n)``
-  returns at most 1 MiB per call (larger gfal2 buffers page-fault heavily).
+* **Reads** stream one GET.  gfal2's seek/pread on GridFTP crashes the
+  process (see :class:`_GridFTPReader`), so a read from an offset below
+  8 MiB discards the bytes before it, and one from further on is a partial
+  GET (ERET) run by ``globus-url-copy`` (same Globus client library; the URL
+  and any password reach it on stdin), streamed from its stdout.
+  ``read(n)`` returns at most 1 MiB per call (larger gfal2 buffers
+  page-fault heavily).
 * **Writes** go to a hidden ``.fedgate-tmp-*`` file in the target folder,
   checked for size, then renamed onto the target; abort removes it.
 * **Copies**: ``copy()`` and ``copy_from()`` are gfal2 ``filecopy`` server to
@@ -71,6 +75,8 @@ import errno
 import logging
 import os
 import re
+import shutil
+import subprocess
 import threading
 import urllib.parse
 import uuid
@@ -102,8 +108,10 @@ log = logging.getLogger(__name__)
 
 #: prefix of staged uploads and copies; hidden from listings
 TEMP_PREFIX = ".fedgate-tmp-"
-#: size of one partial GET when reading from an offset
-RANGE_CHUNK = 2 * 1024 * 1024
+#: reads from at least this offset use a partial GET by globus-url-copy; below
+#: it the bytes before the offset are read and discarded (see _GridFTPReader)
+PARTIAL_GET_MIN_OFFSET = 8 * 1024 * 1024
+_GUC = shutil.which("globus-url-copy")
 #: largest gfal2 read per call: bigger buffers are fresh mmaps whose page
 #: faults cost more than the transfer (4 MiB reads ran 3-6x slower here)
 READ_CHUNK = 1024 * 1024
@@ -336,6 +344,17 @@ class GridFTPAdaptor(Adaptor):
             return cls(f"site {self.name}: {_reason(message, code)}", path)
         return cls(f"{_reason(message, code)}: {path}" if path else _reason(message, code), path)
 
+    def _process_error(self, rc: int, stderr: str, path: str) -> errors.AdaptorError:
+        """An error for a failed globus-url-copy, without secrets or URLs."""
+        text = stderr
+        if self._password:
+            text = text.replace(self._password, "***")
+            text = text.replace(urllib.parse.quote(self._password, safe=""), "***")
+        text = " ".join(_URL_RE.sub("<url>", text).split())[:300]
+        if "No such file" in text or "not found" in text.lower():
+            return errors.NotFound(f"no such file: {path}", path)
+        return errors.Transient(f"partial read failed (exit {rc}): {text}: {path}", path)
+
     def _server_name(self, name: str) -> str:
         if not self.escape_non_ascii or name.isascii():
             return name
@@ -396,6 +415,10 @@ class GridFTPAdaptor(Adaptor):
         left = max(0, entry.size - offset)
         if length is not None:
             left = min(left, max(0, length))
+        if left == 0:
+            return _EmptyReader()
+        if offset >= PARTIAL_GET_MIN_OFFSET and _GUC:
+            return self._partial_get(path, offset, left)
         ctx = self._acquire()
         try:
             with self._translate(path):
@@ -404,6 +427,33 @@ class GridFTPAdaptor(Adaptor):
             self._release(ctx)
             raise
         return _GridFTPReader(self, ctx, fh, path, offset, left)
+
+    def _partial_get(self, path: str, offset: int, left: int) -> Reader:
+        """A GridFTP partial GET (ERET) of ``[offset, offset+left)`` by
+        ``globus-url-copy``, streamed from its stdout (gfal2 cannot seek
+        safely).  The URL, with the ftp password, goes in on stdin, never on
+        the command line."""
+        self._check_proxy()
+        url = self.url(path)
+        if self.scheme == "ftp" and self.user:
+            cred = urllib.parse.quote(self.user, safe="")
+            if self._password is not None:
+                cred += ":" + urllib.parse.quote(self._password, safe="")
+            url = url.replace("ftp://", f"ftp://{cred}@", 1)
+        env = dict(os.environ)
+        if self.scheme == "gsiftp":
+            env["X509_USER_PROXY"] = str(self.x509_proxy)
+        args = [str(_GUC), "-nodcau", "-partial-offset", str(offset),
+                "-partial-length", str(left), "-f", "-"]
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(f"{url} file:///dev/stdout\n".encode())
+            proc.stdin.close()
+        except OSError:
+            pass
+        return _ProcessReader(self, proc, path, left)
 
     def open_write(self, path: str, size_hint: int | None = None) -> Writer:
         self.check_writable(path)
@@ -626,10 +676,16 @@ def _proxy_expiry(path: str) -> datetime | None:
 
 
 class _GridFTPReader:
-    """Bytes ``[offset, offset+left)`` of a file: one GET stream from offset 0,
-    partial GETs (ERET) of :data:`RANGE_CHUNK` from any other offset.  Like a
-    raw file, ``read(n)`` may return fewer than ``n`` bytes (at most 1 MiB
-    from the stream); only ``b""`` means the end."""
+    """Bytes ``[offset, offset+left)`` of a file from one GET stream.
+
+    An offset is reached by reading and discarding the bytes before it, on
+    purpose: gfal2 serves a seek (and ``pread``, which it builds on seek) by
+    aborting the running GET twice, and the second abort races the Globus
+    callback thread -- the process died with SIGSEGV in our stress tests,
+    with or without threads.  Discarding costs O(offset) transfer (about
+    1 GiB/s on loopback); closing before the end aborts the GET once, which
+    gfal2 handles correctly.  Like a raw file, ``read(n)`` may return fewer
+    than ``n`` bytes (at most 1 MiB per call); only ``b""`` means the end."""
 
     def __init__(self, adaptor: GridFTPAdaptor, ctx: Any, fh: Any, path: str, offset: int,
                  left: int) -> None:
@@ -637,10 +693,8 @@ class _GridFTPReader:
         self._ctx: Any = ctx
         self._fh: Any = fh
         self._path = path
-        self._pos = offset
+        self._skip = offset
         self._left = left
-        self._stream = offset == 0
-        self._buf = b""
 
     def read(self, size: int = -1) -> bytes:
         if self._fh is None:
@@ -651,19 +705,16 @@ class _GridFTPReader:
         if want == 0:
             return b""
         with self._adaptor._translate(self._path):
-            if self._stream:
-                data = self._fh.read_bytes(min(want, READ_CHUNK))
-            else:
-                if not self._buf:
-                    self._buf = self._fh.pread_bytes(self._pos, min(self._left, RANGE_CHUNK))
-                if want >= len(self._buf):
-                    data, self._buf = self._buf, b""
-                else:
-                    data, self._buf = self._buf[:want], self._buf[want:]
+            while self._skip > 0:
+                skipped = self._fh.read_bytes(min(self._skip, READ_CHUNK))
+                if not skipped:
+                    self._left = 0
+                    return b""
+                self._skip -= len(skipped)
+            data = self._fh.read_bytes(min(want, READ_CHUNK))
         if not data:
             self._left = 0
             return b""
-        self._pos += len(data)
         self._left -= len(data)
         return data
 
@@ -680,6 +731,61 @@ class _GridFTPReader:
     def __del__(self) -> None:
         if getattr(self, "_fh", None) is not None:
             self.close()
+
+
+class _ProcessReader:
+    """Reads the stdout of a ``globus-url-copy`` partial GET."""
+
+    def __init__(self, adaptor: GridFTPAdaptor, proc: subprocess.Popen[bytes], path: str,
+                 left: int) -> None:
+        self._adaptor = adaptor
+        self._proc: subprocess.Popen[bytes] | None = proc
+        self._path = path
+        self._left = left
+
+    def read(self, size: int = -1) -> bytes:
+        proc = self._proc
+        if proc is None:
+            raise ValueError("read from a closed reader")
+        if self._left <= 0:
+            return b""
+        want = self._left if size is None or size < 0 else min(size, self._left)
+        stdout: Any = proc.stdout  # a BufferedReader (bufsize=-1)
+        data = stdout.read1(min(want, READ_CHUNK)) if want else b""
+        if not data:
+            rc = proc.wait()
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            self.close()
+            raise self._adaptor._process_error(rc, err, self._path)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(Exception):
+            proc.wait(5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(Exception):
+                    pipe.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_proc", None) is not None:
+            self.close()
+
+
+class _EmptyReader:
+    """Zero bytes (an empty file or a range past its end): nothing to open."""
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
 
 
 class _GridFTPWriter(Writer):

@@ -6,8 +6,17 @@ Run:  PYTHONPATH=. .venv/bin/python bench/bench_gridftp.py [--size-mib 1024] [--
 Starts two real globus-gridftp-servers (ftp:// with a password, as the tests
 do; ``--gsi`` adds rows for a GSI pair) and prints one table: GET and PUT of a
 file through the adaptor vs ``globus-url-copy``, a third-party copy server to
-server through ``copy_from`` vs ``globus-url-copy`` between the two servers,
-and a listing of a folder of ``--files`` files.  Figures are medians.
+server through ``copy_from`` vs ``globus-url-copy`` between the two servers
+(with ADLER32 verification on both sides, then without), and a listing of a
+folder of ``--files`` files.  Figures are medians; the two contenders run
+alternately so that load from other processes hits both alike.  Server data
+lives in /dev/shm (disk writeback made timings swing 3x).
+
+Notes: globus-url-copy runs with ``-nodcau`` on GSI, as gfal2 does by default.
+gfal2 opens about four new control connections per server-to-server copy
+(its session cache hands one host's cached session to the other), which on
+GSI costs a handshake each: a fixed ~1-1.5 s per gsiftp copy on a loaded
+2-core machine that globus-url-copy does not pay.
 """
 
 from __future__ import annotations

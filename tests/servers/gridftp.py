@@ -296,6 +296,14 @@ class GridFTPServer:
             opts.update(x509_proxy=str(self.proxy), x509_cert_dir=str(self.pki.cert_dir))
         return opts
 
+    def remove_data(self) -> None:
+        """Delete the site folders (retrying: a dying server may still write)."""
+        for _ in range(5):
+            shutil.rmtree(self.data_root, ignore_errors=True)
+            if not self.data_root.exists():
+                return
+            time.sleep(0.2)
+
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, 15)
@@ -319,7 +327,8 @@ def start_server(workdir: Path, *, gsi: PKI | None = None, proxy: Path | None = 
     tlog = workdir / f"transfers-{port}.log"
     args = [SERVER_BIN, "-p", str(port), "-control-interface", "127.0.0.1",
             "-data-interface", "127.0.0.1", "-l", str(log), "-log-level", "ERROR,WARN,INFO",
-            "-Z", str(tlog), "-allow-disabled-login"]
+            "-Z", str(tlog), "-log-module", "stdio:buffer=0",
+            "-allow-disabled-login"]
     env = dict(os.environ)
     for k in ("X509_USER_PROXY", "X509_USER_CERT", "X509_USER_KEY", "X509_CERT_DIR", "GRIDMAP"):
         env.pop(k, None)
@@ -335,11 +344,21 @@ def start_server(workdir: Path, *, gsi: PKI | None = None, proxy: Path | None = 
                    X509_CERT_DIR=str(gsi.cert_dir), GRIDMAP=str(gsi.gridmap))
     proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=open(workdir / f"stderr-{port}.log", "wb"),  # noqa: SIM115
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
     _wait_port(port, proc, log)
     return GridFTPServer(port=port, scheme="gsiftp" if gsi else "ftp", data_root=data_root,
                          log=log, transfer_log=tlog, proc=proc, account=account, user=user,
                          password=password, pki=gsi, proxy=proxy)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL the server when the test process dies
+    (a crashed run must not leave servers behind)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
 def _skip_without_server() -> None:
@@ -364,7 +383,7 @@ def gridftp_server(gridftp_workdir: Path) -> Iterator[GridFTPServer]:
     srv = start_server(gridftp_workdir / "ftp")
     yield srv
     srv.stop()
-    shutil.rmtree(srv.data_root, ignore_errors=True)
+    srv.remove_data()
 
 
 @pytest.fixture(scope="session")
@@ -374,7 +393,7 @@ def gridftp_server_b(gridftp_workdir: Path) -> Iterator[GridFTPServer]:
     srv = start_server(gridftp_workdir / "ftp-b")
     yield srv
     srv.stop()
-    shutil.rmtree(srv.data_root, ignore_errors=True)
+    srv.remove_data()
 
 
 @pytest.fixture(scope="session")
@@ -389,7 +408,7 @@ def gsiftp_server(gridftp_workdir: Path, gridftp_pki: PKI) -> Iterator[GridFTPSe
     srv = start_server(gridftp_workdir / "gsi", gsi=gridftp_pki, proxy=proxy)
     yield srv
     srv.stop()
-    shutil.rmtree(srv.data_root, ignore_errors=True)
+    srv.remove_data()
 
 
 @pytest.fixture
