@@ -247,6 +247,14 @@ def translate_lobcder(doc: dict[str, Any], data_dir: Path) -> tuple[dict[str, An
             vol_name = vol.get("name") if isinstance(vol, dict) else None
             site["path"] = str(data_dir / "volumes" / str(vol_name or c.get("name")))
             Path(site["path"]).mkdir(parents=True, exist_ok=True)
+        if site["type"] == "gridftp" and "url" not in site:
+            # LOBCDER gave host/user/path(/password): GSI unless a password is given
+            host = site.pop("host", None)
+            if not host:
+                raise ConfigError(f"{where} ({_line(c)}): a gridftp container needs host or url")
+            port = site.pop("port", 2811)
+            scheme = "ftp" if site.get("password") else "gsiftp"
+            site["url"] = f"{scheme}://{host}:{port}/{str(site.pop('path', '/')).lstrip('/')}"
         if site["type"] == "sftp" and "host_key" not in site and "known_hosts" not in site:
             warnings.append(f"{where}: no host_key given; trusting the host key on first use "
                             "is NOT done: add host_key or known_hosts")

@@ -170,3 +170,14 @@ def test_lobcder_sshfs_type_maps_to_sftp(tmp_path):
         pytest.skip("sftp adaptor not installed in this build")
     assert cfg.sites[0]["type"] == "sftp"
     assert not cfg.query_enabled
+
+
+def test_lobcder_gridftp_container_becomes_url(tmp_path):
+    doc = {"name": "x", "logicContainers": [], "storageAdaptorContainers": [
+        {"name": "g1", "type": "gridftp", "host": "pro.cyfronet.pl", "user": "u",
+         "path": "/net/archive", "password": "pw"},
+        {"name": "g2", "type": "gridftp", "host": "se.example", "path": "/data"}]}
+    cfg = load_config(text=json.dumps(doc), data_dir=tmp_path)
+    assert cfg.sites[0]["url"] == "ftp://pro.cyfronet.pl:2811/net/archive"
+    assert cfg.sites[0]["user"] == "u" and cfg.sites[0]["password"] == "pw"
+    assert cfg.sites[1]["url"] == "gsiftp://se.example:2811/data"

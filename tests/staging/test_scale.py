@@ -22,8 +22,8 @@ JOBS = 50
 SIZE = 8 * 1024 * 1024
 
 
-def _role(role: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FEDGATE_JOB_LEASE_S": "2"}
+def _role(role: str, cfg: Path, log: Path, lease_s: str = "2") -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FEDGATE_JOB_LEASE_S": lease_s}
     with open(log, "ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "fedgate.cli", "--log-level", "info",
                                  role, "--config", str(cfg)], env=env,
@@ -101,3 +101,60 @@ def test_fifty_jobs_two_workers_one_killed(tmp_path, staging_keys, receiver):
                     p.wait(15)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def test_worker_sigterm_releases_its_job(tmp_path, staging_keys):
+    """SIGTERM: the worker stops its transfer at a block boundary, gives the job
+    back (lease released) and exits well within a pod's grace period; the next
+    worker takes the job over at once and finishes it."""
+    port = free_port()
+    doc = make_doc(tmp_path, staging_keys[1], port)
+    doc["data_dir"] = str(tmp_path / "data")
+    cfg = tmp_path / "fedgate.json"
+    cfg.write_text(json.dumps(doc))
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "sites" / "site-a" / "big.bin", "wb") as fh:
+        fh.truncate(1024 ** 3)
+    log = tmp_path / "roles.log"
+    # a long lease: the takeover below must come from the release, not from expiry
+    staging = _role("serve-staging", cfg, log, lease_s="600")
+    worker = _role("worker", cfg, log, lease_s="600")
+    auth = ("alice", PASSWORD)
+    procs = [staging, worker]
+    try:
+        end = time.time() + 30
+        while True:
+            try:
+                if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.time() < end
+            time.sleep(0.1)
+        assert requests.post(url + "/api/v1/copy", auth=auth, timeout=10, data=json.dumps(
+            {"id": "big", "from": "site-a:/big.bin", "to": "site-b:/big.bin"})
+        ).status_code == 202
+        end = time.time() + 60
+        while requests.get(url + "/api/v1/copy/big", auth=auth, timeout=10
+                           ).json()["bytes_done"] == 0:
+            assert time.time() < end
+            time.sleep(0.05)
+        t0 = time.time()
+        worker.terminate()
+        assert worker.wait(20) == 0
+        assert time.time() - t0 < 15, "worker took too long to stop"
+        second = _role("worker", cfg, log, lease_s="600")
+        procs.append(second)
+        end = time.time() + 120
+        while (st := requests.get(url + "/api/v1/copy/big", auth=auth, timeout=10).json()
+               )["status"] != "succeeded":
+            assert st["status"] in ("queued", "running") and time.time() < end, st
+            time.sleep(0.2)
+        assert st["attempts"] >= 1 and (tmp_path / "sites" / "site-b" / "big.bin"
+                                        ).stat().st_size == 1024 ** 3
+        staging.terminate()
+        assert staging.wait(20) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
