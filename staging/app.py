@@ -132,7 +132,10 @@ async def start_site(config: Config, *, workers: bool = True, host: str | None =
 
 def run_staging(config: Config, workers: bool = True) -> None:
     """Blocking entry point of ``fedgate serve-staging`` (SIGINT/SIGTERM stop it)."""
+    import faulthandler
     import signal
+
+    from staging.worker import shutdown_timeout_s
 
     async def main() -> None:
         runner = await start_site(config, workers=workers)
@@ -140,9 +143,13 @@ def run_staging(config: Config, workers: bool = True) -> None:
         log.info("staging API on http://%s:%d/api/v1/", host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        def on_signal() -> None:
+            stop.set()
+            faulthandler.dump_traceback_later(shutdown_timeout_s(), exit=True)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
         try:
             await stop.wait()
         finally:

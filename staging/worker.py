@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
+import os
 import signal
 import uuid
 from collections.abc import Callable
@@ -231,15 +233,28 @@ async def serve_worker(config: Config, stop: asyncio.Event) -> None:
         await drain(loop, executor, federation.close, store.close)
 
 
+def shutdown_timeout_s() -> float:
+    """Longest a graceful stop may take (FEDGATE_SHUTDOWN_TIMEOUT_S, default 45 s:
+    inside the 60 s grace period of the Kubernetes manifests)."""
+    return float(os.environ.get("FEDGATE_SHUTDOWN_TIMEOUT_S", "45"))
+
+
 def run_worker(config: Config) -> None:
     """Blocking entry point of ``fedgate worker`` (stops on SIGINT/SIGTERM)."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            stop.set()
+            # a drain that hangs must not outlive the orchestrator's grace period:
+            # dump every thread's stack and exit (leases then simply expire)
+            faulthandler.dump_traceback_later(shutdown_timeout_s(), exit=True)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
         await serve_worker(config, stop)
 
     asyncio.run(main())

@@ -141,8 +141,12 @@ def test_worker_sigterm_releases_its_job(tmp_path, staging_keys):
             time.sleep(0.05)
         t0 = time.time()
         worker.terminate()
-        assert worker.wait(20) == 0
-        assert time.time() - t0 < 15, "worker took too long to stop"
+        try:
+            rc = worker.wait(60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc == 0, f"worker did not stop cleanly ({rc}):\n{log.read_text()[-6000:]}"
+        assert time.time() - t0 < 45, "worker took longer than its shutdown budget"
         second = _role("worker", cfg, log, lease_s="600")
         procs.append(second)
         end = time.time() + 120
