@@ -137,7 +137,8 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
         url, fg = gateway(work, site)
         rport = free_port()
         env = {"RCLONE_S3_PROVIDER": "Other"}
-        rc = start_rclone(f":s3,provider=Other,endpoint={srv.endpoint_url},"
+        rc = start_rclone(f":s3,provider=Other,region=us-east-1,env_auth=false,"
+                          f"force_path_style=true,endpoint='{srv.endpoint_url}',"
                           f"access_key_id={srv.access_key},secret_access_key={srv.secret_key}:"
                           f"{srv.bucket}/bench", rport, USER, PW, extra_env=env)
         try:

@@ -9,6 +9,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -57,7 +58,8 @@ def start_rclone(remote: str, port: int, user: str, password: str,
             "--pass", password]
     if rclone_conf is not None:
         args += ["--config", str(rclone_conf)]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = open(Path(tempfile.gettempdir()) / f"rclone-{port}.log", "wb")  # noqa: SIM115
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
