@@ -66,15 +66,23 @@ def gateway(work: Path, site: dict[str, Any]) -> tuple[str, subprocess.Popen[byt
 def measure_dav(url: str, src: Path, pid: int | None) -> dict[str, float]:
     auth = ["-u", f"{USER}:{PW}"]
     r: dict[str, float] = {}
-    curl(*auth, "-T", "/etc/hostname", url + "/warmup.txt")  # load lazy modules first
-    curl(*auth, "-o", "/dev/null", url + "/warmup.txt")
+    try:  # load lazy modules first
+        curl(*auth, "-T", "/etc/hostname", url + "/warmup.txt")
+        curl(*auth, "-o", "/dev/null", url + "/warmup.txt")
+    except subprocess.CalledProcessError:
+        pass
     s = RSSSampler(pid) if pid else None
-    r["put"] = timed(lambda: curl(*auth, "-T", str(src), url + "/big.bin"))
-    r["get"] = timed(lambda: curl(*auth, "-o", "/dev/null", url + "/big.bin"))
-    if s:
-        r["rss"] = s.done()
-    r["propfind"] = timed(lambda: curl(*auth, "-X", "PROPFIND", "-H", "Depth: 1", "-o",
-                                       "/dev/null", url + "/many/"))
+    ops = {"put": lambda: curl(*auth, "-T", str(src), url + "/big.bin"),
+           "get": lambda: curl(*auth, "-o", "/dev/null", url + "/big.bin"),
+           "propfind": lambda: curl(*auth, "-X", "PROPFIND", "-H", "Depth: 1", "-o",
+                                    "/dev/null", url + "/many/")}
+    for name, fn in ops.items():
+        try:
+            r[name] = timed(fn)
+        except subprocess.CalledProcessError:
+            r[name] = float("nan")  # shown as "failed" in the table
+        if name == "get" and s:
+            r["rss"] = s.done()
     return r
 
 
@@ -194,8 +202,9 @@ def rows(kind: str, size_mib: int, files: int, f: dict[str, float], r: dict[str,
          direct: dict[str, float], direct_name: str) -> list[list[str]]:
     out = []
     for op in ("get", "put"):
-        rc = f"{r[op]:.2f}" if r else "n/a"
-        vs_rc = f"{r[op] / f[op]:.2f}x" if r else "n/a"
+        failed = r is not None and r[op] != r[op]
+        rc = ("failed" if failed else f"{r[op]:.2f}") if r else "n/a"
+        vs_rc = ("n/a" if failed else f"{r[op] / f[op]:.2f}x") if r else "n/a"
         out.append([kind, f"{op.upper()} {size_mib} MiB (s)", f"{f[op]:.2f}", rc,
                     f"{direct[op]:.2f} ({direct_name})", vs_rc, f"{direct[op] / f[op]:.2f}x"])
     rc = f"{r['propfind']:.3f}" if r else "n/a"

@@ -288,7 +288,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def tune_malloc() -> None:
+    """Keep large buffers out of glibc's heap arenas.  Transfers allocate and
+    free 1-8 MiB blocks from many threads; with glibc's dynamic mmap threshold
+    those land in per-thread arenas that never shrink, and RSS grows by hundreds
+    of MiB over a 1 GiB transfer.  A fixed 4 MiB threshold maps each big block
+    and returns it to the kernel when freed."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold, m_arena_max = -3, -8
+        libc.mallopt(m_mmap_threshold, 4 * 1024 * 1024)
+        libc.mallopt(m_arena_max, 4)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
