@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -133,6 +134,7 @@ def run(size_mib: int, files: int) -> str:
     finally:
         for _, proc in servers.values():
             stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
     f, rr = results["fedgate"], results["rclone"]
     mib = size_mib
     rows = [
