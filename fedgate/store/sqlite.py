@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,23 @@ CREATE INDEX IF NOT EXISTS catalogue_path ON catalogue (path);
 """
 
 
+def _retry_locked(fn: Callable[[], object], deadline_s: float = 30.0) -> None:
+    """Run ``fn``, retrying while another process holds the file locked.  Switching
+    to WAL and creating the schema take locks that SQLite's busy handler does not
+    always wait for when several processes open a new database at once."""
+    end = time.monotonic() + deadline_s
+    delay = 0.01
+    while True:
+        try:
+            fn()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > end:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 def _below(path: str) -> tuple[str, str]:
     """Range bounds selecting strict descendants of ``path`` by prefix."""
     prefix = path.rstrip("/") + "/"
@@ -62,7 +79,7 @@ class SQLiteStore(StateStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
-        self._conn().executescript(SCHEMA)
+        _retry_locked(lambda: self._conn().executescript(SCHEMA))
         self.path.chmod(0o600)
 
     # -- connections -------------------------------------------------------------
@@ -71,9 +88,9 @@ class SQLiteStore(StateStore):
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)

@@ -99,3 +99,27 @@ def test_concurrent_writers(store):
         t.join()
     assert not errors
     assert all(len(store.props_get(f"/s/{i}")) == 50 for i in range(8))
+
+
+def _open_and_write(url: str) -> None:
+    s = open_store(url)
+    s.put_record("proc", str(os.getpid()), {"ok": True})
+    s.close()
+
+
+def test_sqlite_new_file_opened_by_many_processes_at_once(tmp_path):
+    """Roles started together must not trip over WAL setup or schema creation."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for i in range(5):
+        url = f"sqlite:///{tmp_path / f'race{i}.db'}"
+        procs = [ctx.Process(target=_open_and_write, args=(url,)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 6
+        s = open_store(url)
+        assert s.get_record("proc", str(procs[0].pid)) == {"ok": True}
+        s.close()
