@@ -92,6 +92,10 @@ def _staging_available() -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     password = None
+    if _staging_available():
+        # the staging role takes SIGTERM/SIGINT in a dedicated thread; block them
+        # before the gateway starts its threads so that they inherit the mask
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     if args.config:
         config = load_config(args.config, data_dir=args.data_dir)
     else:

@@ -9,7 +9,6 @@ everything in reverse order on shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -132,24 +131,14 @@ async def start_site(config: Config, *, workers: bool = True, host: str | None =
 
 def run_staging(config: Config, workers: bool = True) -> None:
     """Blocking entry point of ``fedgate serve-staging`` (SIGINT/SIGTERM stop it)."""
-    import faulthandler
-    import signal
-
-    from staging.worker import shutdown_timeout_s
+    from staging.worker import signals_to_thread
 
     async def main() -> None:
+        stop = asyncio.Event()
+        signals_to_thread(asyncio.get_running_loop(), stop)  # before any thread starts
         runner = await start_site(config, workers=workers)
         host, port = config.listen.staging
         log.info("staging API on http://%s:%d/api/v1/", host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        def on_signal() -> None:
-            stop.set()
-            faulthandler.dump_traceback_later(shutdown_timeout_s(), exit=True)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, on_signal)
         try:
             await stop.wait()
         finally:

@@ -14,6 +14,7 @@ import faulthandler
 import logging
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -239,22 +240,31 @@ def shutdown_timeout_s() -> float:
     return float(os.environ.get("FEDGATE_SHUTDOWN_TIMEOUT_S", "45"))
 
 
+def signals_to_thread(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT are taken by a dedicated thread (``sigwait``), not by the
+    event loop: the stop is requested even if the loop is busy, and a watchdog
+    armed at that moment dumps every thread's stack and exits if the drain takes
+    longer than :func:`shutdown_timeout_s` (inside the pod's grace period).
+    Must run before other threads start, so that they inherit the signal mask."""
+    sigs = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+
+    def waiter() -> None:
+        signal.sigwait(sigs)
+        faulthandler.dump_traceback_later(shutdown_timeout_s(), exit=True)
+        log.info("stopping: finishing the current blocks and releasing leases")
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=waiter, name="fedgate-signals", daemon=True).start()
+
+
 def run_worker(config: Config) -> None:
     """Blocking entry point of ``fedgate worker`` (stops on SIGINT/SIGTERM)."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-
-        def on_signal() -> None:
-            stop.set()
-            # a drain that hangs must not outlive the orchestrator's grace period:
-            # dump every thread's stack and exit (leases then simply expire)
-            faulthandler.dump_traceback_later(shutdown_timeout_s(), exit=True)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, on_signal)
+        signals_to_thread(loop, stop)
         await serve_worker(config, stop)
 
     asyncio.run(main())

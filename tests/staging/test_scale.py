@@ -20,6 +20,7 @@ from tests.staging.conftest import PASSWORD, free_port, make_doc
 
 JOBS = 50
 SIZE = 8 * 1024 * 1024
+BIG = 3 * 1024 ** 3
 
 
 def _role(role: str, cfg: Path, log: Path, lease_s: str = "2") -> subprocess.Popen[bytes]:
@@ -114,7 +115,7 @@ def test_worker_sigterm_releases_its_job(tmp_path, staging_keys):
     cfg.write_text(json.dumps(doc))
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "sites" / "site-a" / "big.bin", "wb") as fh:
-        fh.truncate(1024 ** 3)
+        fh.truncate(BIG)  # sparse; long enough that SIGTERM lands mid-copy
     log = tmp_path / "roles.log"
     # a long lease: the takeover below must come from the release, not from expiry
     staging = _role("serve-staging", cfg, log, lease_s="600")
@@ -155,7 +156,7 @@ def test_worker_sigterm_releases_its_job(tmp_path, staging_keys):
             assert st["status"] in ("queued", "running") and time.time() < end, st
             time.sleep(0.2)
         assert st["attempts"] >= 1 and (tmp_path / "sites" / "site-b" / "big.bin"
-                                        ).stat().st_size == 1024 ** 3
+                                        ).stat().st_size == BIG
         staging.terminate()
         assert staging.wait(20) == 0
     finally:
