@@ -29,6 +29,9 @@ from adaptors import errors
 #: Size of the blocks the gateway and the transfer engine move (1 MiB).
 BLOCK_SIZE = 1024 * 1024
 
+#: prefix of staged uploads; adaptors hide such names from listings
+TEMP_PREFIX = ".fedgate-tmp-"
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:

@@ -9,6 +9,8 @@ error, an asyncssh error or a ``gfal2.GError``.
 
 from __future__ import annotations
 
+import errno
+
 
 class AdaptorError(Exception):
     """Base of every error an adaptor raises.
@@ -109,3 +111,32 @@ class ChecksumMismatch(AdaptorError):
     """Data read back does not match the expected checksum."""
 
     code = "checksum_mismatch"
+
+
+#: POSIX errno -> adaptor error, for back ends that report errnos (the local
+#: file system, gfal2).  Unknown codes map to :class:`AdaptorError`.
+ERRNO_ERRORS: dict[int, type[AdaptorError]] = {
+    errno.ENOENT: NotFound,
+    errno.EEXIST: Exists,
+    errno.EACCES: PermissionDenied,
+    errno.EPERM: PermissionDenied,
+    errno.ENOTEMPTY: NotEmpty,
+    errno.ENOTDIR: NotADirectory,
+    errno.EISDIR: IsADirectory,
+    errno.ENOSPC: InsufficientStorage,
+    errno.EDQUOT: InsufficientStorage,
+    errno.EROFS: ReadOnly,
+    errno.ECONNREFUSED: Unavailable,
+    errno.EHOSTUNREACH: Unavailable,
+    errno.ENETUNREACH: Unavailable,
+    errno.EHOSTDOWN: Unavailable,
+    errno.ETIMEDOUT: Transient,
+    errno.ECONNRESET: Transient,
+    errno.ECONNABORTED: Transient,
+    errno.EPIPE: Transient,
+    errno.EAGAIN: Transient,
+    errno.EBUSY: Transient,
+    errno.ENOSYS: Unsupported,
+    errno.EOPNOTSUPP: Unsupported,
+    errno.EPROTONOSUPPORT: Unsupported,
+}

@@ -86,6 +86,7 @@ from typing import Any, ClassVar
 
 from adaptors import errors
 from adaptors.base import (
+    TEMP_PREFIX,
     Adaptor,
     AdaptorContext,
     Capability,
@@ -106,8 +107,6 @@ except ImportError:  # pragma: no cover - reported by probe()/operations
 
 log = logging.getLogger(__name__)
 
-#: prefix of staged uploads and copies; hidden from listings
-TEMP_PREFIX = ".fedgate-tmp-"
 #: reads from at least this offset use a partial GET by globus-url-copy; below
 #: it the bytes before the offset are read and discarded (see _GridFTPReader)
 PARTIAL_GET_MIN_OFFSET = 8 * 1024 * 1024
@@ -121,31 +120,6 @@ _CHECKSUMS = {"adler32": "ADLER32", "md5": "MD5", "sha1": "SHA1", "sha256": "SHA
 _DEFAULT_PORTS = {"gsiftp": 2811, "ftp": 21}
 _CREATE_LOCK = threading.Lock()
 
-_ERRNO_MAP: dict[int, type[errors.AdaptorError]] = {
-    errno.ENOENT: errors.NotFound,
-    errno.EEXIST: errors.Exists,
-    errno.EACCES: errors.PermissionDenied,
-    errno.EPERM: errors.PermissionDenied,
-    errno.ENOTEMPTY: errors.NotEmpty,
-    errno.ENOTDIR: errors.NotADirectory,
-    errno.EISDIR: errors.IsADirectory,
-    errno.ENOSPC: errors.InsufficientStorage,
-    errno.EDQUOT: errors.InsufficientStorage,
-    errno.EROFS: errors.ReadOnly,
-    errno.ECONNREFUSED: errors.Unavailable,
-    errno.EHOSTUNREACH: errors.Unavailable,
-    errno.ENETUNREACH: errors.Unavailable,
-    errno.EHOSTDOWN: errors.Unavailable,
-    errno.ETIMEDOUT: errors.Transient,
-    errno.ECONNRESET: errors.Transient,
-    errno.ECONNABORTED: errors.Transient,
-    errno.EPIPE: errors.Transient,
-    errno.EAGAIN: errors.Transient,
-    errno.EBUSY: errors.Transient,
-    errno.ENOSYS: errors.Unsupported,
-    errno.EOPNOTSUPP: errors.Unsupported,
-    errno.EPROTONOSUPPORT: errors.Unsupported,
-}
 _SERVER_ERRNO = re.compile(r"GridFTP-Errno:\s*(\d+)")
 _SERVER_REASON = re.compile(r"GridFTP-Error-String:\s*(.+?)(?:\s{2,}|\s*\d{3} End|$)")
 _URL_RE = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.I)
@@ -160,7 +134,7 @@ def _reason(message: str, code: int) -> str:
     m = _SERVER_REASON.search(message)
     if m:
         return m.group(1).strip()
-    if code and code in _ERRNO_MAP:
+    if code and code in errors.ERRNO_ERRORS:
         return os.strerror(code)
     text = _URL_RE.sub("<url>", message).strip()
     return text[:300] or "gridftp error"
@@ -339,7 +313,7 @@ class GridFTPAdaptor(Adaptor):
         if "connection refused" in lowered or "could not connect" in lowered:
             return errors.Unavailable(f"site {self.name}: cannot connect to "
                                       f"{self.host}:{self.port}", path)
-        cls = _ERRNO_MAP.get(code, errors.AdaptorError)
+        cls = errors.ERRNO_ERRORS.get(code, errors.AdaptorError)
         if cls is errors.Unavailable:
             return cls(f"site {self.name}: {_reason(message, code)}", path)
         return cls(f"{_reason(message, code)}: {path}" if path else _reason(message, code), path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import stat as stat_mod
@@ -14,6 +13,7 @@ from typing import Any, ClassVar
 
 from adaptors import errors
 from adaptors.base import (
+    TEMP_PREFIX,
     Adaptor,
     Capability,
     Entry,
@@ -24,22 +24,6 @@ from adaptors.base import (
     utc_from_timestamp,
 )
 
-#: prefix of staged uploads; hidden from listings
-TEMP_PREFIX = ".fedgate-tmp-"
-
-_ERRNO_MAP: dict[int, type[errors.AdaptorError]] = {
-    errno.ENOENT: errors.NotFound,
-    errno.EEXIST: errors.Exists,
-    errno.EACCES: errors.PermissionDenied,
-    errno.EPERM: errors.PermissionDenied,
-    errno.ENOTEMPTY: errors.NotEmpty,
-    errno.ENOTDIR: errors.NotADirectory,
-    errno.EISDIR: errors.IsADirectory,
-    errno.ENOSPC: errors.InsufficientStorage,
-    errno.EDQUOT: errors.InsufficientStorage,
-    errno.EROFS: errors.ReadOnly,
-}
-
 
 @contextlib.contextmanager
 def translate_os_errors(path: str) -> Iterator[None]:
@@ -49,7 +33,7 @@ def translate_os_errors(path: str) -> Iterator[None]:
     except errors.AdaptorError:
         raise
     except OSError as exc:
-        cls = _ERRNO_MAP.get(exc.errno or 0, errors.AdaptorError)
+        cls = errors.ERRNO_ERRORS.get(exc.errno or 0, errors.AdaptorError)
         raise cls(f"{exc.strerror or exc.__class__.__name__}: {path}", path) from exc
 
 

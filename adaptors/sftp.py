@@ -45,6 +45,7 @@ import asyncssh
 
 from adaptors import errors, keys
 from adaptors.base import (
+    TEMP_PREFIX,
     Adaptor,
     AdaptorContext,
     Capability,
@@ -60,8 +61,6 @@ from adaptors.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: prefix of staged uploads; hidden from listings
-TEMP_PREFIX = ".fedgate-tmp-"
 
 #: ciphers in order of preference (AES-GCM is by far the cheapest in Python)
 _PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",

@@ -31,6 +31,18 @@ def _role(role: str, cfg: Path, log: Path, lease_s: str = "2") -> subprocess.Pop
                                 stdout=subprocess.DEVNULL, stderr=fh)
 
 
+def _wait_healthy(url: str, log: Path) -> None:
+    end = time.time() + 30
+    while True:
+        try:
+            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.time() < end, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
 def test_fifty_jobs_two_workers_one_killed(tmp_path, staging_keys, receiver):
     port = free_port()
     doc = make_doc(tmp_path, staging_keys[1], port,
@@ -50,15 +62,7 @@ def test_fifty_jobs_two_workers_one_killed(tmp_path, staging_keys, receiver):
     workers = [_role("worker", cfg, log) for _ in range(2)]
     auth = ("alice", PASSWORD)
     try:
-        end = time.time() + 30
-        while True:
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.time() < end, log.read_text()[-3000:]
-            time.sleep(0.1)
+        _wait_healthy(url, log)
         body = [{"id": f"j{i:02d}", "from": f"site-a:/f{i:02d}.bin",
                  "to": f"site-b:/f{i:02d}.bin", "webhook": receiver.url} for i in range(JOBS)]
         r = requests.post(url + "/api/v1/copy", auth=auth, data=json.dumps(body), timeout=30)
@@ -123,15 +127,7 @@ def test_worker_sigterm_releases_its_job(tmp_path, staging_keys):
     auth = ("alice", PASSWORD)
     procs = [staging, worker]
     try:
-        end = time.time() + 30
-        while True:
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.time() < end
-            time.sleep(0.1)
+        _wait_healthy(url, log)
         assert requests.post(url + "/api/v1/copy", auth=auth, timeout=10, data=json.dumps(
             {"id": "big", "from": "site-a:/big.bin", "to": "site-b:/big.bin"})
         ).status_code == 202
