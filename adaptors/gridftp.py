@@ -78,6 +78,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -110,6 +111,8 @@ log = logging.getLogger(__name__)
 #: reads from at least this offset use a partial GET by globus-url-copy; below
 #: it the bytes before the offset are read and discarded (see _GridFTPReader)
 PARTIAL_GET_MIN_OFFSET = 8 * 1024 * 1024
+#: listings retried when the server fails an MLSD because an entry vanished
+LIST_RACE_RETRIES = 8
 _GUC = shutil.which("globus-url-copy")
 #: largest gfal2 read per call: bigger buffers are fresh mmaps whose page
 #: faults cost more than the transfer (4 MiB reads ran 3-6x slower here)
@@ -366,7 +369,23 @@ class GridFTPAdaptor(Adaptor):
         return self._entry(base_name(path), st)
 
     def list(self, path: str) -> list[Entry]:
-        return [e for e in self._list_raw(path) if not e.name.startswith(TEMP_PREFIX)]
+        return [e for e in self._list_raw_retrying(path)
+                if not e.name.startswith(TEMP_PREFIX)]
+
+    def _list_raw_retrying(self, path: str) -> builtins.list[Entry]:
+        """globus-gridftp-server answers an MLSD with 550 when an entry vanishes
+        between its readdir and its stat (a rename or delete by another
+        client, or our own staged uploads being committed).  The folder is
+        still there, so such a NotFound is retried; a folder that really is
+        missing stays NotFound."""
+        for attempt in range(LIST_RACE_RETRIES):
+            try:
+                return self._list_raw(path)
+            except errors.NotFound:
+                if attempt == LIST_RACE_RETRIES - 1 or not self.stat(path).is_dir:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _list_raw(self, path: str) -> builtins.list[Entry]:
         out: builtins.list[Entry] = []
