@@ -284,15 +284,3 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("cancel", parents=[common], help="cancel a job")
     p.add_argument("id", help="job id")
     p.set_defaults(func=_wrap(cmd_cancel))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m staging.client``) until the CLI wires it."""
-    parser = argparse.ArgumentParser(prog="fedgate")
-    add_client_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -268,30 +268,3 @@ def run_worker(config: Config) -> None:
         await serve_worker(config, stop)
 
     asyncio.run(main())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m staging.worker --config FILE`` (what ``fedgate worker`` runs)."""
-    import argparse
-    import logging
-    import sys
-
-    from fedgate.config import ConfigError, load_config
-
-    p = argparse.ArgumentParser(prog="python -m staging.worker")
-    p.add_argument("--config", required=True)
-    p.add_argument("--log-level", default="INFO")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"fedgate: {exc}", file=sys.stderr)
-        return 2
-    run_worker(config)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

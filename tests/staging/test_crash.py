@@ -20,15 +20,20 @@ from tests.staging.conftest import PASSWORD, free_port, make_doc
 SIZE = int(os.environ.get("FEDGATE_TEST_CRASH_SIZE", str(1024 ** 3)))  # 1 GiB
 
 
-def _spawn(module: str, cfg_path: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _spawn(module: str, cfg_path: Path, log: Path, *extra: str,
+           role: str | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "FEDGATE_JOB_LEASE_S": "2"}
-    return subprocess.Popen([sys.executable, "-m", module, "--config", str(cfg_path), *extra],
+    cmd = [sys.executable, "-m", module, *([role] if role else []), "--config", str(cfg_path)]
+    return subprocess.Popen([*cmd, *extra],
                             env=env, stdout=subprocess.DEVNULL,
                             stderr=open(log, "ab"))
 
 
-def _start(cfg_path: Path, url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    proc = _spawn("staging", cfg_path, log, *extra)
+def _start(cfg_path: Path, url: str, log: Path,
+           role: str | None = None) -> subprocess.Popen[bytes]:
+    """``python -m staging`` (API and workers), or the fedgate CLI's ``role``."""
+    proc = (_spawn("fedgate.cli", cfg_path, log, role=role) if role
+            else _spawn("staging", cfg_path, log))
     end = time.time() + 30
     while time.time() < end:
         try:
@@ -133,8 +138,8 @@ def test_api_and_two_worker_processes(tmp_path, staging_keys, receiver):
     with open(a / "slow.bin", "wb") as fh:
         fh.truncate(768 * 1024 ** 2)  # sparse; long enough to kill its worker mid-way
     log = tmp_path / "procs.log"
-    api = _start(cfg_path, url, log, "--no-workers")
-    workers = [_spawn("staging.worker", cfg_path, log) for _ in range(2)]
+    api = _start(cfg_path, url, log, role="serve-staging")
+    workers = [_spawn("fedgate.cli", cfg_path, log, role="worker") for _ in range(2)]
     auth = ("alice", PASSWORD)
     try:
         body = [{"id": "slow", "from": "site-a:/slow.bin", "to": "site-b:/slow.bin",
