@@ -22,9 +22,16 @@ How it is built
   for its own site.  An operation checks one out, uses it from its thread
   only and gives it back; open readers and writers keep theirs until closed;
   at most ``max_connections`` idle contexts (each with its logged-in FTP
-  sessions) are kept.  Creating a context (plugin loading) is serialised by a
-  module lock.  The binding releases the GIL in every blocking call (checked
-  in its source), so threads transfer in parallel.
+  sessions) are kept.  Creating and freeing a context (plugin load and
+  unload, which activate and deactivate Globus modules) is serialised by a
+  module lock, and one context lives as long as the process so the Globus
+  modules are never torn down and brought up again while callbacks of
+  earlier transfers may still be queued.  The binding releases the GIL in
+  every blocking call (checked in its source), so threads transfer in
+  parallel.  A context whose connection was lost is dropped, not reused.
+* **Lost connections** (the server closed a cached session: "end-of-file
+  was reached") are :class:`errors.Transient`; ``stat``, ``checksum`` and
+  listings, which are safe to repeat, are retried once on a new context.
 * **Credentials** are set per URL prefix with gfal2's credential API
   (``cred_set``): ``X509_CERT``/``X509_KEY`` = the proxy for ``gsiftp://``,
   ``USER``/``PASSWORD`` for ``ftp://``.  Nothing goes into a URL or the
@@ -35,7 +42,14 @@ How it is built
   or expired (notAfter of its first certificate, re-read when the file
   changes) raises :class:`errors.Unavailable` saying so and how to renew it.
 * **Listing** is gfal2 ``opendir``/``readpp``: one MLSD per directory, each
-  entry arriving with its stat facts.
+  entry arriving with its stat facts -- run in helper processes
+  (``adaptors/_gridftp_lister.py``, at most :data:`MAX_LISTERS` per site,
+  kept between listings), never in this one: gfal2 2.21 aborts the process
+  that runs an MLSD the server fails early (it frees the MLSD's request
+  state while Globus still holds it; the server fails an MLSD whenever an
+  entry is renamed or deleted while it lists, so any busy folder triggers
+  it -- the helper's docstring has the details).  A helper that dies is
+  replaced and the listing retried once.
 * **Reads** stream one GET.  gfal2's seek/pread on GridFTP crashes the
   process (see :class:`_GridFTPReader`), so a read from an offset below
   8 MiB discards the bytes before it, and one from further on is a partial
@@ -72,11 +86,14 @@ import builtins
 import concurrent.futures
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -121,7 +138,15 @@ READ_CHUNK = 1024 * 1024
 _CHECKSUMS = {"adler32": "ADLER32", "md5": "MD5", "sha1": "SHA1", "sha256": "SHA256",
               "sha512": "SHA512"}
 _DEFAULT_PORTS = {"gsiftp": 2811, "ftp": 21}
-_CREATE_LOCK = threading.Lock()
+#: serialises creating and freeing gfal2 contexts (plugin load and unload
+#: activate and deactivate Globus modules)
+_CREATE_LOCK = threading.RLock()  # re-entrant: a garbage-collected adaptor frees inside
+#: one context kept for the life of the process (see _new_context)
+_ANCHOR: list[Any] = []
+#: the helper process that runs listings (see adaptors/_gridftp_lister.py)
+_LISTER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_gridftp_lister.py")
+#: listing helper processes per adaptor (listings beyond this many wait)
+MAX_LISTERS = 4
 
 _SERVER_ERRNO = re.compile(r"GridFTP-Errno:\s*(\d+)")
 _SERVER_REASON = re.compile(r"GridFTP-Error-String:\s*(.+?)(?:\s{2,}|\s*\d{3} End|$)")
@@ -129,6 +154,10 @@ _URL_RE = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.I)
 _AUTH_RE = re.compile(r"\b530\b|login incorrect|authenticat|gss|credential|proxy|"
                       r"certificate|globus_gsi", re.I)
 _PATHISH = re.compile(r"\S*/\S*")
+#: the server or the network dropped the connection (a cached session the
+#: server timed out, a server process that died): worth one retry
+_CONN_LOST = re.compile(r"end[- ]of[- ]file|end of file occurred|connection (?:was )?(?:reset|"
+                        r"closed)|broken pipe|unexpected eof", re.I)
 _ESCAPED_RUN = re.compile(r"(?:%[89A-F][0-9A-F])+")  # exactly what _server_name writes
 
 
@@ -216,6 +245,9 @@ class GridFTPAdaptor(Adaptor):
         self._pool_lock = threading.Lock()
         self._running: set[Any] = set()  # contexts of copies in progress
         self._max_idle = max(1, int(options.get("max_connections", 8) or 8))
+        self._listers: list[_Lister] = []  # idle listing helpers
+        self._lister_slots = threading.BoundedSemaphore(MAX_LISTERS)
+        self._closed = False
         self._proxy_cache: tuple[tuple[int, int], datetime | None] | None = None
 
     # -- description ---------------------------------------------------------
@@ -237,34 +269,58 @@ class GridFTPAdaptor(Adaptor):
         if gfal2 is None:
             raise errors.Unavailable("the gfal2 Python binding (python3-gfal2) is not installed")
         with _CREATE_LOCK:  # plugin loading is not documented as thread-safe
+            if not _ANCHOR:
+                # never freed: the Globus modules stay active while the process
+                # lives, however many adaptors come and go
+                _ANCHOR.append(gfal2.creat_context())
             ctx = gfal2.creat_context()
         self.add_credentials(ctx)
         return ctx
 
-    def _acquire(self) -> Any:
+    def _acquire(self, fresh: bool = False) -> Any:
         self._check_proxy()
-        with self._pool_lock:
-            if self._pool:
-                return self._pool.pop()
+        if not fresh:
+            with self._pool_lock:
+                if self._pool:
+                    return self._pool.pop()
         with self._translate(""):
             return self._new_context()
 
-    def _release(self, ctx: Any) -> None:
-        with self._pool_lock:
-            if len(self._pool) < self._max_idle:
-                self._pool.append(ctx)
-                return
-        del ctx
+    def _release(self, ctx: Any, broken: bool = False) -> None:
+        """Give a context back to the pool (``broken``: it lost its connection
+        or was left mid-transfer; free it instead)."""
+        if not broken:
+            with self._pool_lock:
+                if len(self._pool) < self._max_idle and not self._closed:
+                    self._pool.append(ctx)
+                    return
+        _free_contexts([ctx])
 
     @contextlib.contextmanager
-    def _ctx(self, path: str) -> Iterator[Any]:
-        """A gfal2 context for this thread, with errors translated for ``path``."""
-        ctx = self._acquire()
+    def _ctx(self, path: str, fresh: bool = False) -> Iterator[Any]:
+        """A gfal2 context for this thread, with errors translated for ``path``
+        (``fresh``: a new context, not one from the pool)."""
+        ctx = self._acquire(fresh)
+        broken = False
         try:
             with self._translate(path):
                 yield ctx
+        except errors.Transient:
+            broken = True
+            raise
         finally:
-            self._release(ctx)
+            self._release(ctx, broken)
+
+    def _idempotent(self, path: str, op: Callable[[Any], Any]) -> Any:
+        """``op(ctx)`` for an operation safe to repeat: after a lost connection
+        it runs once more on a new context (new sessions)."""
+        try:
+            with self._ctx(path) as ctx:
+                return op(ctx)
+        except errors.Transient as exc:
+            log.info("%s; retrying once on a new connection", exc.message)
+        with self._ctx(path, fresh=True) as ctx:
+            return op(ctx)
 
     def _check_proxy(self) -> None:
         """Unavailable (with the reason) when the GSI proxy is missing or expired."""
@@ -316,6 +372,9 @@ class GridFTPAdaptor(Adaptor):
         if "connection refused" in lowered or "could not connect" in lowered:
             return errors.Unavailable(f"site {self.name}: cannot connect to "
                                       f"{self.host}:{self.port}", path)
+        if _CONN_LOST.search(lowered) and code not in (errno.ENOENT, errno.EEXIST):
+            return errors.Transient(f"site {self.name}: connection lost "
+                                    f"({_reason(message, 0)}): {path}", path)
         cls = errors.ERRNO_ERRORS.get(code, errors.AdaptorError)
         if cls is errors.Unavailable:
             return cls(f"site {self.name}: {_reason(message, code)}", path)
@@ -357,16 +416,17 @@ class GridFTPAdaptor(Adaptor):
         full = self.root + "".join("/" + p for p in parts)
         return self.prefix + urllib.parse.quote(full or "/", safe="/")
 
-    def _entry(self, name: str, st: Any) -> Entry:
-        is_dir = (int(st.st_mode) & 0o170000) == 0o040000
-        mtime = utc_from_timestamp(float(st.st_mtime)) if st.st_mtime else None
-        return Entry(name, is_dir, 0 if is_dir else int(st.st_size), mtime, None)
+    @staticmethod
+    def _entry(name: str, mode: int, size: int, mtime: float) -> Entry:
+        is_dir = (int(mode) & 0o170000) == 0o040000
+        when = utc_from_timestamp(float(mtime)) if mtime else None
+        return Entry(name, is_dir, 0 if is_dir else int(size), when, None)
 
     # -- required ------------------------------------------------------------------
     def stat(self, path: str) -> Entry:
-        with self._ctx(path) as ctx:
-            st = ctx.stat(self.url(path))
-        return self._entry(base_name(path), st)
+        url = self.url(path)
+        st = self._idempotent(path, lambda ctx: ctx.stat(url))
+        return self._entry(base_name(path), st.st_mode, st.st_size, st.st_mtime)
 
     def list(self, path: str) -> list[Entry]:
         return [e for e in self._list_raw_retrying(path)
@@ -388,18 +448,57 @@ class GridFTPAdaptor(Adaptor):
         raise AssertionError("unreachable")
 
     def _list_raw(self, path: str) -> builtins.list[Entry]:
-        out: builtins.list[Entry] = []
-        with self._ctx(path) as ctx:
-            d = ctx.opendir(self.url(path))
-            while True:
-                dirent, st = d.readpp()
-                if dirent is None:
-                    break
-                raw = dirent.d_name
-                if raw in (".", ".."):
+        """One MLSD, run by a helper process (see the module docstring): a
+        helper that dies, or a lost connection, is retried once on a new one."""
+        self._check_proxy()
+        url = self.url(path)
+        with self._lister_slots:
+            for attempt in range(2):
+                lister = self._take_lister()
+                try:
+                    reply = lister.request(url)
+                except _ListerDied as died:
+                    lister.close()
+                    if attempt:
+                        raise errors.Transient(f"site {self.name}: listing failed, the gfal2 "
+                                               f"helper process {died}: {path}", path) from None
+                    log.warning("site %s: gfal2 listing helper %s; retrying the listing on a "
+                                "new one", self.name, died)
                     continue
-                out.append(self._entry(self._site_name(raw), st))
-        return out
+                if "ok" in reply:
+                    self._give_lister(lister)
+                    return [self._entry(self._site_name(name), mode, size, mtime)
+                            for name, mode, size, mtime in reply["ok"]]
+                code, message = reply["err"]
+                err = self._error(_HelperError(int(code), str(message)), path)
+                if reply.get("phase") == "read" or isinstance(err, errors.Transient):
+                    lister.close()  # it exits after a failed read; a lost session goes too
+                else:
+                    self._give_lister(lister)
+                if isinstance(err, errors.Transient) and not attempt:
+                    log.info("%s; retrying once on a new connection", err.message)
+                    continue
+                raise err
+        raise AssertionError("unreachable")
+
+    def _take_lister(self) -> _Lister:
+        with self._pool_lock:
+            if self._listers:
+                return self._listers.pop()
+        setup = {"prefix": self.prefix, "scheme": self.scheme, "user": self.user,
+                 "password": self._password, "proxy": self.x509_proxy}
+        try:
+            return _Lister(setup)
+        except _ListerDied as died:
+            raise errors.Unavailable(f"site {self.name}: cannot start the gfal2 listing "
+                                     f"helper ({died})") from None
+
+    def _give_lister(self, lister: _Lister) -> None:
+        with self._pool_lock:
+            if not self._closed:
+                self._listers.append(lister)
+                return
+        lister.close()
 
     def open_read(self, path: str, offset: int = 0, length: int | None = None) -> Reader:
         entry = self.stat(path)
@@ -499,9 +598,9 @@ class GridFTPAdaptor(Adaptor):
         algo = _CHECKSUMS.get(algorithm.lower())
         if algo is None:
             return None
+        url = self.url(path)
         try:
-            with self._ctx(path) as ctx:
-                value = str(ctx.checksum(self.url(path), algo)).strip().lower()
+            value = str(self._idempotent(path, lambda ctx: ctx.checksum(url, algo))).strip().lower()
         except errors.AdaptorError as exc:
             if "checksum algorithm" in exc.message.lower():
                 return None
@@ -647,8 +746,95 @@ class GridFTPAdaptor(Adaptor):
 
     def close(self) -> None:
         with self._pool_lock:
+            self._closed = True
+            contexts = self._pool + [c for idle in self._copy_pool.values() for c in idle]
             self._pool.clear()
             self._copy_pool.clear()
+            listers, self._listers = self._listers, []
+        for lister in listers:
+            lister.close()
+        _free_contexts(contexts)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if not getattr(self, "_closed", True):
+                self.close()
+
+
+def _free_contexts(contexts: builtins.list[Any]) -> None:
+    """Drop references to gfal2 contexts under the creation lock, so a context
+    that is freed here (plugin unload) never runs alongside a plugin load."""
+    with _CREATE_LOCK:
+        contexts.clear()
+
+
+class _HelperError(Exception):
+    """A gfal2 error reported by the listing helper (errno and message)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _ListerDied(Exception):
+    """The listing helper process went away (its exit status says how)."""
+
+
+class _Lister:
+    """One listing helper process (adaptors/_gridftp_lister.py), used by one
+    thread at a time; the setup with any password goes in on its stdin."""
+
+    def __init__(self, setup: dict[str, Any]) -> None:
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, _LISTER_SCRIPT], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
+        except OSError as exc:
+            raise _ListerDied(f"could not start: {exc.strerror}") from None
+        self._send(json.dumps(setup))
+
+    def _send(self, line: str) -> None:
+        stdin: Any = self._proc.stdin
+        try:
+            stdin.write(line.encode() + b"\n")
+            stdin.flush()
+        except (OSError, ValueError):
+            raise _ListerDied(self._how()) from None
+
+    def request(self, url: str) -> dict[str, Any]:
+        self._send(json.dumps({"url": url}))
+        stdout: Any = self._proc.stdout
+        line = stdout.readline()
+        try:
+            reply: Any = json.loads(line) if line else None
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise _ListerDied(self._how())
+        out: dict[str, Any] = reply
+        return out
+
+    def _how(self) -> str:
+        try:
+            rc = self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
+        if rc < 0:
+            with contextlib.suppress(ValueError):
+                return f"died of {signal.Signals(-rc).name}"
+        return f"exited with status {rc}"
+
+    def close(self) -> None:
+        proc = self._proc
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
 
 
 def _proxy_expiry(path: str) -> datetime | None:
@@ -837,6 +1023,7 @@ class _GridFTPWriter(Writer):
                         f"bytes): {self._path}", self._path)
                 self._ctx.rename(a.url(self._tmp), a.url(self._path))
         except BaseException:
+            self._broken = True
             self._discard()
             raise
         finally:
@@ -862,7 +1049,7 @@ class _GridFTPWriter(Writer):
     def _release(self) -> None:
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
-            self._adaptor._release(ctx)
+            self._adaptor._release(ctx, broken=getattr(self, "_broken", False))
 
     def __del__(self) -> None:
         if not getattr(self, "_done", True):

@@ -351,3 +351,70 @@ def test_far_ranged_reads(which, ftp_adaptor, gsi_adaptor):
     r = a.open_read("/far", 10 << 20, 100)  # closed before the end
     assert len(r.read(10)) <= 10
     r.close()
+
+
+def test_listing_while_other_adaptors_commit(gridftp_site, tmp_path):
+    """Regression: globus-gridftp-server fails an MLSD with 550 when an entry
+    vanishes mid-listing (here: staged uploads renamed onto their targets by
+    other adaptors), and gfal2 2.21 then aborted the whole process
+    (GLOBUSTHREAD: pthread_mutex_lock() failed ... EINVAL) -- listings now
+    run in helper processes.  Every listing must succeed and show no
+    temporary file."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        a = create_adaptor(gridftp_site, AdaptorContext(data_dir=tmp_path))
+        i = 0
+        try:
+            while not stop.is_set():
+                w = a.open_write(f"/x{i % 5}")
+                w.write(b"%d" % k * 1000)
+                w.commit()
+                i += 1
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            a.close()
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    lister = create_adaptor(gridftp_site, AdaptorContext(data_dir=tmp_path))
+    try:
+        for _ in range(300):
+            names = {e.name for e in lister.list("/")}
+            assert names <= {f"x{j}" for j in range(5)}, names
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        lister.close()
+    assert not failures, failures
+    assert {e.name for e in lister.list("/")} == {f"x{j}" for j in range(5)}
+
+
+def test_lost_connection_is_retried(gridftp_server, ftp_adaptor, caplog):
+    """The server processes behind the adaptor's cached sessions die (as when
+    a server restarts or times a session out): the next stat, checksum and
+    listing see a lost connection, classify it Transient and succeed on a
+    new connection."""
+    import logging
+    import signal
+
+    _fill(ftp_adaptor, "/f", 1 << 20)
+    assert ftp_adaptor.stat("/f").size == 1 << 20
+    assert [e.name for e in ftp_adaptor.list("/")] == ["f"]
+    parent = gridftp_server.proc.pid
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    assert children, "no server process serves a cached session"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.3)
+    with caplog.at_level(logging.INFO, logger="adaptors.gridftp"):
+        assert ftp_adaptor.stat("/f").size == 1 << 20
+        assert ftp_adaptor.checksum("/f", "adler32")
+        assert [e.name for e in ftp_adaptor.list("/")] == ["f"]
+    retried = [r.getMessage() for r in caplog.records if "retrying once" in r.getMessage()]
+    assert any("connection lost" in m and ": /f;" in m for m in retried), retried
+    assert any("connection lost" in m and ": /;" in m for m in retried), retried
