@@ -559,3 +559,177 @@ def test_usable_in_a_forked_child(adaptor: S3Adaptor) -> None:
     assert get(adaptor, "/from-child") == b"child"
     # the child must not have broken the parent's pooled connections
     assert time.monotonic() - t0 < 10
+
+
+# -- listings ---------------------------------------------------------------------------
+NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+AWS_OBJ = ("<Contents><Key>{key}</Key><LastModified>2024-01-02T03:04:05.000Z</LastModified>"
+           "<ETag>&quot;{etag}&quot;</ETag><ChecksumAlgorithm>CRC32</ChecksumAlgorithm>"
+           "<ChecksumType>FULL_OBJECT</ChecksumType><Size>{size}</Size>"
+           "<StorageClass>STANDARD</StorageClass></Contents>")
+WEED_OBJ = ("<Contents><Key>{key}</Key><ETag>&#34;{etag}&#34;</ETag><Size>{size}</Size>"
+            "<StorageClass>STANDARD</StorageClass>"
+            "<LastModified>2026-12-01T08:27:25Z</LastModified></Contents>")
+OWNER_OBJ = ("<Contents><Key>{key}</Key><LastModified>2024-01-02T03:04:05Z</LastModified>"
+             "<ETag>\"{etag}\"</ETag><Size>{size}</Size><Owner><ID>o1</ID>"
+             "<DisplayName>me</DisplayName></Owner><StorageClass>STANDARD</StorageClass>"
+             "</Contents>")
+KEYS = ["p/a.txt", "p/a+b%26c.txt", "p/%E6%96%87%E4%BB%B6", "p/with%20space"]
+PLAIN_KEYS = ["p/a.txt", "p/a&amp;b&lt;c&gt;d", "p/&#34;q&#34;&#xE9;&#233;", "p/ümlaut 文件"]
+
+
+def _doc(objects: list[str], head: str = "", tail: str = "", root: str = f"ListBucketResult {NS}",
+         sep: str = "") -> bytes:
+    close = root.split()[0]
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>{sep}{head}{sep}'
+            + sep.join(objects) + f"{sep}{tail}{sep}</{close}>").encode()
+
+
+def _objs(template: str, keys: list[str]) -> list[str]:
+    return [template.format(key=k, etag=f"{i:032x}", size=i * 7) for i, k in enumerate(keys)]
+
+
+URL_HEAD = ("<Name>b</Name><Prefix>p%2F</Prefix><NextContinuationToken>1ueGcx/X+Y=</"
+            "NextContinuationToken><KeyCount>4</KeyCount><MaxKeys>1000</MaxKeys><Delimiter>%2F"
+            "</Delimiter><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>")
+PREFIXES = "<CommonPrefixes><Prefix>p%2Fsub+dir%2F</Prefix></CommonPrefixes>"
+LISTING_BODIES = {
+    # name: (body, read by the fast scan?)
+    "aws, url-encoded, token first": (_doc(_objs(AWS_OBJ, KEYS), URL_HEAD, PREFIXES), True),
+    "seaweedfs, entities, token last": (_doc(
+        _objs(WEED_OBJ, PLAIN_KEYS), "<Name>b</Name><IsTruncated>true</IsTruncated>",
+        "<NextContinuationToken>p/&amp;x</NextContinuationToken>"), True),
+    "pretty-printed": (_doc(_objs(AWS_OBJ, KEYS), URL_HEAD, PREFIXES, sep="\n  "), True),
+    "no namespace": (_doc(_objs(WEED_OBJ, PLAIN_KEYS), "<IsTruncated>false</IsTruncated>",
+                          root="ListBucketResult"), True),
+    "empty": (_doc([], "<Name>b</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated>"),
+              True),
+    "only prefixes": (_doc([], URL_HEAD, PREFIXES * 1), True),
+    "owner (nested element)": (_doc(_objs(OWNER_OBJ, PLAIN_KEYS),
+                                    "<IsTruncated>false</IsTruncated>"), False),
+    "owner on a later object": (_doc(_objs(WEED_OBJ, PLAIN_KEYS[:2])
+                                     + _objs(OWNER_OBJ, PLAIN_KEYS[2:])), False),
+    "mixed child order": (_doc(_objs(WEED_OBJ, PLAIN_KEYS[:2]) + _objs(AWS_OBJ, ["p/z"])), False),
+    "cdata key": (_doc(["<Contents><Key><![CDATA[p/<odd>]]></Key><Size>1</Size></Contents>"]),
+                  False),
+    "namespace prefix": (_doc([o.replace("<", "<s3:").replace("<s3:/", "</s3:")
+                               for o in _objs(WEED_OBJ, PLAIN_KEYS)],
+                              root=f"s3:ListBucketResult xmlns:s3={NS[6:]}"), False),
+    "key that looks like a tag": (_doc(_objs(WEED_OBJ, ["p/x&lt;/Contents>y"])), False),
+    "key only": (_doc(["<Contents><Key>p/k</Key></Contents>"]), True),
+}
+
+
+def _botocore_listing(body: bytes) -> tuple[list[dict[str, Any]], list[str], bool, Any]:
+    """The same page read by botocore's own parser (and its URL decoding)."""
+    import botocore.session
+    from botocore.handlers import decode_list_object_v2
+    from botocore.parsers import RestXMLParser
+
+    from adaptors.s3 import parse_timestamp
+
+    shape = (botocore.session.get_session().get_service_model("s3")
+             .operation_model("ListObjectsV2").output_shape)
+    parsed = RestXMLParser(timestamp_parser=parse_timestamp).parse(
+        {"status_code": 200, "headers": {}, "body": body}, shape)
+    decode_list_object_v2(parsed, {"encoding_type_auto_set": True})
+    return (parsed.get("Contents", []), [p["Prefix"] for p in parsed.get("CommonPrefixes", [])],
+            bool(parsed.get("IsTruncated")), parsed.get("NextContinuationToken"))
+
+
+@pytest.mark.parametrize("name", list(LISTING_BODIES))
+def test_listing_parse_matches_botocore(name: str) -> None:
+    from adaptors.s3 import _scan_listing, parse_listing, peek_next_token
+
+    body, scanned = LISTING_BODIES[name]
+    contents, prefixes, truncated, token = parse_listing(body)
+    want_contents, want_prefixes, want_truncated, want_token = _botocore_listing(body)
+    assert (prefixes, truncated, token) == (want_prefixes, want_truncated, want_token)
+    assert [o["Key"] for o in contents] == [o["Key"] for o in want_contents]
+    for got, want in zip(contents, want_contents, strict=True):
+        assert got == {k: want[k] for k in got}  # the same values for what we read
+        assert {"Key", "Size", "LastModified", "ETag"} & set(want) <= set(got)
+    assert (_scan_listing(body.decode()) is not None) == scanned
+    assert peek_next_token(body) in (None, token)
+
+
+def test_listing_parse_refuses_entities() -> None:
+    from adaptors.s3 import parse_listing
+
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa">]>'
+            b"<ListBucketResult><Contents><Key>&a;</Key></Contents></ListBucketResult>")
+    with pytest.raises(ValueError):
+        parse_listing(bomb)
+
+
+def test_peek_next_token() -> None:
+    from adaptors.s3 import peek_next_token
+
+    body, _ = LISTING_BODIES["seaweedfs, entities, token last"]
+    assert peek_next_token(body) == "p/&x"
+    assert peek_next_token(body.replace(b"<IsTruncated>true", b"<IsTruncated>false")) is None
+    assert peek_next_token(LISTING_BODIES["cdata key"][0]) is None
+
+
+def test_error_inside_200_listing_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's check for an error document inside a 200 response (which it
+    then retries as a 500) is skipped only for complete listing pages."""
+    import asyncio
+
+    import botocore.handlers
+    import botocore.session
+    from aiobotocore.session import AioSession
+
+    from adaptors.s3 import _RAW_LISTING, install_fast_listings
+
+    session = AioSession()
+    install_fast_listings(session)
+    emitter = session.get_component("event_emitter")
+    op = botocore.session.get_session().get_service_model("s3").operation_model("ListObjectsV2")
+
+    async def status(body: bytes) -> int:
+        response = {"status_code": 200, "body": body, "headers": {}}
+        flag = _RAW_LISTING.set(True)
+        try:
+            await emitter.emit("before-parse.s3.ListObjectsV2", operation_model=op,
+                               response_dict=response, customized_response_dict={})
+        finally:
+            _RAW_LISTING.reset(flag)
+        return int(response["status_code"])
+
+    full_checks: list[bytes] = []
+    real_check = botocore.handlers._looks_like_special_case_error
+
+    def counted_check(status_code: int, body: bytes) -> bool:
+        full_checks.append(body)
+        return bool(real_check(status_code, body))
+
+    monkeypatch.setattr(botocore.handlers, "_looks_like_special_case_error", counted_check)
+    assert asyncio.run(status(LISTING_BODIES["empty"][0])) == 200
+    assert full_checks == []  # a whole listing page: no second XML parse
+    assert asyncio.run(status(b"<Error><Code>InternalError</Code></Error>")) == 500
+    assert asyncio.run(status(LISTING_BODIES["empty"][0][:-10])) == 500  # cut short
+    assert len(full_checks) == 2
+
+
+def test_multi_page_listing(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> None:
+    """A listing of several pages (fetched ahead while the previous is read)
+    equals what the server holds, with awkward names and sub-directories."""
+    client = seaweedfs_server.client()
+    odd = ["with space", "a+b", "per%cent", "amp&lt;", "quote\"'", "ünï文件", "tab\tin"]
+    keys = [f"{adaptor.prefix}big/{odd[i % len(odd)]}-{i:05d}" for i in range(2300)]
+    keys += [f"{adaptor.prefix}big/sub{i}/x" for i in range(3)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=adaptor.bucket, Key=k, Body=b"xy"),
+                      keys))
+    listed = {e.name: e for e in adaptor.list("/big")}
+    want = {k[len(adaptor.prefix) + 4:].split("/")[0] for k in keys}
+    assert set(listed) == want
+    assert sum(not e.is_dir for e in listed.values()) == 2300
+    assert all(e.size == 2 and e.etag and e.mtime for e in listed.values() if not e.is_dir)
+    contents, _ = adaptor._run(adaptor._list_keys(adaptor.prefix + "big/", None))
+    assert sorted(o["Key"] for o in contents) == sorted(keys)
+    # still never stale: a key added directly is in the next listing
+    client.put_object(Bucket=adaptor.bucket, Key=adaptor.prefix + "big/zz-late", Body=b"")
+    assert "zz-late" in {e.name for e in adaptor.list("/big")}
+    adaptor.remove("/big", recursive=True)
