@@ -93,7 +93,7 @@ import re
 import threading
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Container, Coroutine, Iterator
 from contextlib import aclosing
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -1437,7 +1437,7 @@ class S3Adaptor(Adaptor):
         return marker
 
     @staticmethod
-    def _dir_entries(prefix: str, prefixes: list[str], files: dict[str, Entry]) -> list[Entry]:
+    def _dir_entries(prefix: str, prefixes: list[str], files: Container[str]) -> list[Entry]:
         dirs: dict[str, Entry] = {}
         for p in prefixes:
             name = p[len(prefix):].rstrip("/")
@@ -1446,30 +1446,71 @@ class S3Adaptor(Adaptor):
             dirs[name] = Entry(name, True)
         return list(dirs.values())
 
-    def list(self, path: str) -> list[Entry]:
+    async def _entry_pages(self, path: str) -> AsyncGenerator[list[Entry], None]:
+        """The entries of a directory, a listing page at a time (files as their
+        page arrives, the sub-directories last), while the next page is on its
+        way.  NotFound/NotADirectory come before any entry."""
         prefix = self._dir_prefix(path)
-
-        async def go() -> tuple[list[Entry], bool, dict[str, Any] | None]:
-            files: dict[str, Entry] = {}
-            prefixes: list[str] = []
-            marker = False
-            # entries are made page by page while the next page is on its way
-            async with aclosing(self._list_pages(prefix, "/")) as pages:
-                async for page_contents, page_prefixes in pages:
-                    marker = self._file_entries(prefix, page_contents, files) or marker
-                    prefixes.extend(page_prefixes)
-            entries = list(files.values()) + self._dir_entries(prefix, prefixes, files)
-            if not entries and not marker and path.strip("/"):
-                head = await self._head(self._key(path))
-                return entries, False, head
-            return entries, True, None
-
-        entries, exists, head = self._run(go(), path)
-        if not exists:
-            if head is not None:
+        names: set[str] = set()
+        prefixes: list[str] = []
+        marker = False
+        async with aclosing(self._list_pages(prefix, "/")) as pages:
+            async for page_contents, page_prefixes in pages:
+                files: dict[str, Entry] = {}
+                marker = self._file_entries(prefix, page_contents, files) or marker
+                prefixes.extend(page_prefixes)
+                if files:  # a file under it: the directory exists
+                    names.update(files)
+                    yield list(files.values())
+        dirs = self._dir_entries(prefix, prefixes, names)
+        if not names and not dirs and not marker and path.strip("/"):
+            if await self._head(self._key(path)) is not None:
                 raise errors.NotADirectory("not a directory", path)
             raise errors.NotFound("no such directory", path)
-        return entries
+        if dirs:
+            yield dirs
+
+    def list(self, path: str) -> list[Entry]:
+        async def go() -> list[Entry]:
+            entries: list[Entry] = []
+            async with aclosing(self._entry_pages(path)) as pages:
+                async for page in pages:
+                    entries.extend(page)
+            return entries
+
+        return self._run(go(), path)
+
+    def iter_list(self, path: str) -> Iterator[Entry]:
+        """:meth:`list` as an iterator that yields each page's entries as soon
+        as the page is read, while the next one is fetched (the gateway renders
+        a big PROPFIND meanwhile).  Nothing is cached; errors as :meth:`list`'s,
+        raised before the first entry (or, for a page failing midway, there)."""
+        pages = self._entry_pages(path)
+
+        async def step() -> list[Entry] | None:
+            try:
+                return await pages.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        try:
+            while (page := self._run(step(), path)) is not None:
+                yield from page
+        finally:
+            self._close_agen(pages)
+
+    def _close_agen(self, agen: AsyncGenerator[Any, None]) -> None:
+        """Close an async generator of the IO loop (stops a listing's fetch ahead)."""
+        loop = self._loop
+        if loop.is_closed() or not loop.is_running():
+            return
+        if _on_io_thread(loop):
+            loop.create_task(agen.aclose())
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(agen.aclose(), loop).result(30)
+        except Exception as exc:
+            log.debug("closing a listing failed: %s", exc.__class__.__name__)
 
     def open_read(self, path: str, offset: int = 0, length: int | None = None) -> Reader:
         key = self._key(path)

@@ -729,7 +729,24 @@ def test_multi_page_listing(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> 
     assert all(e.size == 2 and e.etag and e.mtime for e in listed.values() if not e.is_dir)
     contents, _ = adaptor._run(adaptor._list_keys(adaptor.prefix + "big/", None))
     assert sorted(o["Key"] for o in contents) == sorted(keys)
+    # iter_list: the same entries, page by page; stopping early stops the fetch ahead
+    assert list(adaptor.iter_list("/big")) == list(listed.values())
+    it = adaptor.iter_list("/big")
+    next(it)
+    it.close()
     # still never stale: a key added directly is in the next listing
     client.put_object(Bucket=adaptor.bucket, Key=adaptor.prefix + "big/zz-late", Body=b"")
     assert "zz-late" in {e.name for e in adaptor.list("/big")}
+    assert "zz-late" in {e.name for e in adaptor.iter_list("/big")}
     adaptor.remove("/big", recursive=True)
+
+
+def test_iter_list_errors_before_any_entry(adaptor: S3Adaptor) -> None:
+    put(adaptor, "/file", b"1")
+    adaptor.mkdir("/empty")
+    with pytest.raises(errors.NotFound):
+        next(adaptor.iter_list("/missing"))
+    with pytest.raises(errors.NotADirectory):
+        next(adaptor.iter_list("/file"))
+    assert list(adaptor.iter_list("/empty")) == []
+    assert {e.name for e in adaptor.iter_list("/")} == {"file", "empty"}
