@@ -244,20 +244,23 @@ def handle(provider: FederatedProvider, environ: dict[str, Any], start_response:
     if locks or _ancestor_locked(provider, key):
         environ["wsgi.input"] = _Replay(body)
         return None
-    rows: list[_Row] = []
+    dead = provider.store.props_tree(key, depth=int(depth))
+    chunks = ['<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">']
     if isinstance(res, FileResource):
-        rows.append(_Row(_href(key, False), key, res.entry, res.get_display_name()))
+        row = _Row(_href(key, False), key, res.entry, res.get_display_name())
+        chunks.append(_response(row, wanted, dead.get(key, {})))
     else:
         assert isinstance(res, SiteCollection)
         status = (res.down or "ok") if res.rel == "/" else None
-        rows.append(_Row(_href(key, True), key, res.entry, res.get_display_name(), status))
+        row = _Row(_href(key, True), key, res.entry, res.get_display_name(), status)
+        chunks.append(_response(row, wanted, dead.get(key, {})))
         if depth == "1":
-            for e in res._list():
+            # rendered as the listing arrives (adaptors with iter_list fetch
+            # their next page meanwhile)
+            for e in res._iter_list():
                 child = key.rstrip("/") + "/" + e.name
-                rows.append(_Row(_href(child, e.is_dir), child, e, e.name))
-    dead = provider.store.props_tree(key, depth=int(depth)) if rows else {}
-    chunks = ['<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">']
-    chunks.extend(_response(r, wanted, dead.get(r.path, {})) for r in rows)
+                row = _Row(_href(child, e.is_dir), child, e, e.name)
+                chunks.append(_response(row, wanted, dead.get(child, {})))
     chunks.append("</D:multistatus>")
     data = "".join(chunks).encode("utf-8")
     start_response("207 Multi-Status", [("Content-Type", 'application/xml; charset="utf-8"'),

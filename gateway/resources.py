@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_FORBIDDEN, DAVError
@@ -114,6 +115,15 @@ class SiteCollection(_SiteMixin, DAVCollection):
                 return self.adaptor.list(self.rel)
         except DAVError:
             raise
+
+    def _iter_list(self) -> Iterator[Entry]:
+        """Like _list(), but page by page where the adaptor offers ``iter_list``
+        (entries arrive while later pages are still being fetched)."""
+        if self.down is not None:
+            return
+        iter_list = getattr(self.adaptor, "iter_list", None)
+        with dav_errors():
+            yield from (iter_list(self.rel) if iter_list else self.adaptor.list(self.rel))
 
     def get_member_names(self) -> list[str]:
         return [e.name for e in self._list()]
