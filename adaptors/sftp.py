@@ -13,7 +13,14 @@ Shape:
   a fresh connection.  Idle connections are closed after a while so that a
   revoked key takes effect.
 * Reads and writes are pipelined: many requests of the server's maximum size
-  (``limits@openssh.com``) in flight, across ``read()``/``write()`` calls.
+  (``limits@openssh.com``) in flight, across ``read()``/``write()`` calls.  A
+  writer hands its chunks to the loop without waiting for it and blocks only on
+  its in-flight budget (:data:`WRITE_BEHIND`); the SSH packets go out through
+  the lean send path of :mod:`adaptors.sftp_wire` and, per loop pass, one
+  ``sendmsg()``.  Memory per transfer: at most READ_AHEAD or WRITE_BEHIND
+  (8 MiB) of data plus one 1 MiB hand-over buffer.
+* A listing pipelines its READDIR requests (:data:`READDIR_AHEAD` in flight)
+  and parses the SFTPv3 replies directly.
 * Writes go to a hidden temporary name in the target directory and are renamed
   into place on commit (``posix-rename@openssh.com`` where offered), after an
   ``fsync@openssh.com`` unless the site says ``fsync: false``.  A temporary

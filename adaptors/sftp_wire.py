@@ -251,6 +251,7 @@ def install(conn: Any, sftp: Any, coalesced: bool) -> bool:
     if handler is None or chan is None or not all(hasattr(conn, a) for a in _CONN_ATTRS) \
             or not all(hasattr(chan, a) for a in _CHAN_ATTRS) \
             or getattr(chan, "_encoding", None) or not hasattr(conn.logger, "_debug_level") \
+            or not hasattr(getattr(handler, "logger", None), "_debug_level") \
             or not callable(getattr(handler, "send_packet", None)):
         return False
     if conn._compressor is not None or _is_cbc(conn):

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,14 @@ def measure_dav(url: str, src: Path, pid: int | None) -> dict[str, float]:
 
 
 def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
+    """Interleaved rounds (scp, fedgate, fedgate with ``fsync: false``, rclone for
+    each operation in turn), so that load from other processes hits all alike."""
+    import statistics
+
     from tests.servers.sshd import remove_user, start_sshd
 
     srv = start_sshd(work / "sshd", user=f"fgbench{os.getpid()}")
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         site = srv.site()
         root = Path(site["path"])
@@ -102,24 +108,94 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
         ssh = ["-P", str(srv.port), "-i", srv.client_key_file, "-o", "BatchMode=yes",
                "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={work}/kh"]
         target = f"{srv.user}@127.0.0.1:{root}/scp.bin"
-        scp_put = timed(lambda: subprocess.run(["scp", "-q", *ssh, str(src), target], check=True))
-        scp_get = timed(lambda: subprocess.run(["scp", "-q", *ssh, target,
-                                                str(work / "scp-get.bin")], check=True))
+        (work / "nofsync").mkdir()
         url, fg = gateway(work, site)
+        procs.append(fg)
+        url_nf, fg_nf = gateway(work / "nofsync", {**site, "fsync": False})
+        procs.append(fg_nf)
         rport = free_port()
         rc = start_rclone(f":sftp,host=127.0.0.1,port={srv.port},user={srv.user},"
                           f"key_file={srv.client_key_file}:{root}", rport, USER, PW)
-        try:
-            f = measure_dav(url, src, fg.pid)
-            wait_http(f"http://127.0.0.1:{rport}/")
-            r = measure_dav(f"http://127.0.0.1:{rport}", src, None)
-        finally:
-            stop(fg)
-            stop(rc)
+        procs.append(rc)
+        rurl = f"http://127.0.0.1:{rport}"
+        wait_http(rurl + "/")
+        auth = ["-u", f"{USER}:{PW}"]
+        for u in (url, url_nf, rurl):  # connections up, lazy modules loaded
+            curl(*auth, "-T", "/etc/hostname", u + "/warmup.txt")
+            curl(*auth, "-o", "/dev/null", u + "/warmup.txt")
+
+        def dav(u: str, op: str, name: str = "big.bin") -> Callable[[], None]:
+            return {"put": lambda: curl(*auth, "-T", str(src), f"{u}/{name}"),
+                    "get": lambda: curl(*auth, "-o", "/dev/null", f"{u}/{name}"),
+                    "propfind": lambda: curl(*auth, "-X", "PROPFIND", "-H", "Depth: 1", "-o",
+                                             "/dev/null", u + "/many/")}[op]
+
+        cases: dict[str, dict[str, Callable[[], Any]]] = {
+            "scp": {"put": lambda: subprocess.run(["scp", "-q", *ssh, str(src), target],
+                                                  check=True),
+                    "get": lambda: subprocess.run(["scp", "-q", *ssh, target,
+                                                   str(work / "scp-get.bin")], check=True)},
+            "fedgate": {op: dav(url, op) for op in ("put", "get", "propfind")},
+            "nofsync": {"put": dav(url_nf, "put", "big-nofsync.bin")},
+            "rclone": {op: dav(rurl, op, "rc.bin" if op != "propfind" else "")
+                       for op in ("put", "get", "propfind")},
+        }
+        times: dict[tuple[str, str], list[float]] = {}
+        rss = RSSSampler(fg.pid)
+        for _ in range(3):
+            for op in ("put", "get", "propfind"):
+                for who, ops in cases.items():
+                    if op not in ops:
+                        continue
+                    try:
+                        t = timed(ops[op], repeat=1)
+                    except subprocess.CalledProcessError:
+                        t = float("nan")
+                    times.setdefault((who, op), []).append(t)
+        rss_growth = rss.done()
+        # 4 GETs of 4 different files at once, against one GET, through fedgate
+        for i in range(4):
+            shutil.copyfile(root / "big.bin", root / f"par{i}.bin")
+        subprocess.run(["chown", f"{srv.user}:", *(str(root / f"par{i}.bin") for i in range(4))],
+                       check=True)
+        par: list[float] = []
+        one: list[float] = []
+        rss4 = RSSSampler(fg.pid)
+        for _ in range(3):
+            one.append(timed(dav(url, "get", "par0.bin"), repeat=1))
+            t0 = time.perf_counter()
+            kids = [subprocess.Popen(["curl", "-sS", "-f", "--http1.1", *auth, "-o", "/dev/null",
+                                      f"{url}/par{i}.bin"]) for i in range(4)]
+            if any(k.wait() for k in kids):
+                raise RuntimeError("a parallel GET failed")
+            par.append(time.perf_counter() - t0)
+        rss4_growth = rss4.done()
     finally:
+        for p in procs:
+            stop(p)
         srv.stop()
         remove_user(srv.user)
-    return rows("sftp", size_mib, files, f, r, {"get": scp_get, "put": scp_put}, "scp")
+
+    def med(who: str, op: str) -> float:
+        return statistics.median(times[(who, op)])
+
+    f = {op: med("fedgate", op) for op in ("put", "get", "propfind")}
+    f["rss"] = rss_growth
+    r = {op: med("rclone", op) for op in ("put", "get", "propfind")}
+    out = rows("sftp", size_mib, files, f, r, {"get": med("scp", "get"),
+                                               "put": med("scp", "put")}, "scp")
+    nf = med("nofsync", "put")
+    out.insert(2, ["sftp", f"PUT {size_mib} MiB, fsync: false (s)", f"{nf:.2f}",
+                   f"{r['put']:.2f}", f"{med('scp', 'put'):.2f} (scp)",
+                   f"{r['put'] / nf:.2f}x", f"{med('scp', 'put') / nf:.2f}x"])
+    o, p4 = statistics.median(one), statistics.median(par)
+    out.append(["sftp", f"1 GET vs 4 parallel GETs of {size_mib} MiB (s)", f"{o:.2f} / {p4:.2f}",
+                "", "", "", f"aggregate {4 * size_mib / p4:.0f} vs {size_mib / o:.0f} MiB/s"])
+    out.append(["sftp", "gateway RSS growth, 4 parallel GETs (MiB)", f"{rss4_growth:.1f}",
+                "", "", "", ""])
+    print("sftp runs (s): " + "; ".join(f"{w} {op} " + " ".join(f"{x:.2f}" for x in v)
+                                        for (w, op), v in times.items()), file=sys.stderr)
+    return out
 
 
 def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
