@@ -89,6 +89,7 @@ import errno
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import signal
@@ -134,6 +135,8 @@ _GUC = shutil.which("globus-url-copy")
 #: largest gfal2 read per call: bigger buffers are fresh mmaps whose page
 #: faults cost more than the transfer (4 MiB reads ran 3-6x slower here)
 READ_CHUNK = 1024 * 1024
+#: blocks a writer may hold queued for its pump thread (see _GridFTPWriter)
+WRITE_QUEUE_BLOCKS = 4
 #: algorithm names the Globus server knows (FEAT CKSM)
 _CHECKSUMS = {"adler32": "ADLER32", "md5": "MD5", "sha1": "SHA1", "sha256": "SHA256",
               "sha512": "SHA512"}
@@ -389,7 +392,9 @@ class GridFTPAdaptor(Adaptor):
         text = " ".join(_URL_RE.sub("<url>", text).split())[:300]
         if "No such file" in text or "not found" in text.lower():
             return errors.NotFound(f"no such file: {path}", path)
-        return errors.Transient(f"partial read failed (exit {rc}): {text}: {path}", path)
+        if _AUTH_RE.search(_PATHISH.sub(" ", text)):
+            return errors.Unavailable(f"site {self.name}: authentication failed ({text})", path)
+        return errors.Transient(f"globus-url-copy failed (exit {rc}): {text}: {path}", path)
 
     def _server_name(self, name: str) -> str:
         if not self.escape_non_ascii or name.isascii():
@@ -526,15 +531,8 @@ class GridFTPAdaptor(Adaptor):
         safely).  The URL, with the ftp password, goes in on stdin, never on
         the command line."""
         self._check_proxy()
-        url = self.url(path)
-        if self.scheme == "ftp" and self.user:
-            cred = urllib.parse.quote(self.user, safe="")
-            if self._password is not None:
-                cred += ":" + urllib.parse.quote(self._password, safe="")
-            url = url.replace("ftp://", f"ftp://{cred}@", 1)
-        env = dict(os.environ)
-        if self.scheme == "gsiftp":
-            env["X509_USER_PROXY"] = str(self.x509_proxy)
+        url = self._guc_url(path)
+        env = self._guc_env()
         args = [str(_GUC), "-nodcau", "-partial-offset", str(offset),
                 "-partial-length", str(left), "-f", "-"]
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -555,6 +553,23 @@ class GridFTPAdaptor(Adaptor):
         except errors.NotFound:
             pass
         return _GridFTPWriter(self, path)
+
+    def _guc_url(self, path: str) -> str:
+        """The URL globus-url-copy gets (on its stdin, never on its command
+        line): with the ftp:// login in it."""
+        url = self.url(path)
+        if self.scheme == "ftp" and self.user:
+            cred = urllib.parse.quote(self.user, safe="")
+            if self._password is not None:
+                cred += ":" + urllib.parse.quote(self._password, safe="")
+            url = url.replace("ftp://", f"ftp://{cred}@", 1)
+        return url
+
+    def _guc_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.scheme == "gsiftp":
+            env["X509_USER_PROXY"] = str(self.x509_proxy)
+        return env
 
     def mkdir(self, path: str) -> None:
         self.check_writable(path)
@@ -968,7 +983,13 @@ class _EmptyReader:
 
 
 class _GridFTPWriter(Writer):
-    """A PUT stream to a hidden temporary file, renamed onto the target on commit."""
+    """A PUT stream to a hidden temporary file, renamed onto the target on commit.
+
+    ``write()`` only queues the block: a pump thread hands the blocks to gfal2
+    (each gfal2 write waits until Globus has sent it), so receiving the next
+    block from the client overlaps sending this one to the server.  At most
+    :data:`WRITE_QUEUE_BLOCKS` blocks wait; a failed send is raised by the
+    next ``write()`` or by ``commit()``."""
 
     def __init__(self, adaptor: GridFTPAdaptor, path: str) -> None:
         self._adaptor = adaptor
@@ -976,6 +997,10 @@ class _GridFTPWriter(Writer):
         self._tmp = join(parent_of(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
         self._done = False
         self.bytes_written = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(WRITE_QUEUE_BLOCKS)
+        self._failure: BaseException | None = None
+        self._stop = False
+        self._pump: threading.Thread | None = None
         self._ctx: Any = adaptor._acquire()
         try:
             with adaptor._translate(path):
@@ -992,16 +1017,89 @@ class _GridFTPWriter(Writer):
     def write(self, data: bytes) -> int:
         if self._done:
             raise ValueError("write after commit/abort")
+        if self._failure is not None:
+            raise self._failure_error()
         total = len(data)
-        rest = bytes(data)
-        with self._adaptor._translate(self._path):
-            while rest:
-                n = int(self._fh.write(rest))
-                if n <= 0:
-                    raise errors.Transient(f"short write: {self._path}", self._path)
-                rest = rest[n:]
+        if not total:
+            return 0
+        if self._pump is None:
+            self._pump = threading.Thread(target=self._run_pump, daemon=True,
+                                          name=f"gridftp-put-{self._adaptor.name}")
+            self._pump.start()
+        block = bytes(data)
+        while True:
+            try:
+                self._queue.put(block, timeout=1)
+                break
+            except queue.Full:
+                if self._failure is not None:
+                    raise self._failure_error() from None
+                assert self._pump is not None
+                if not self._pump.is_alive():  # pragma: no cover - defensive
+                    raise errors.Transient(f"upload stopped: {self._path}", self._path) from None
         self.bytes_written += total
         return total
+
+    def _run_pump(self) -> None:
+        """The one thread that writes to the gfal2 handle until the sentinel."""
+        try:
+            while True:
+                block = self._queue.get()
+                if block is None or self._stop:
+                    return
+                with self._adaptor._translate(self._path):
+                    rest = block
+                    while rest:
+                        n = int(self._fh.write(rest))
+                        if n <= 0:
+                            raise errors.Transient(f"short write: {self._path}", self._path)
+                        rest = rest[n:]
+        except BaseException as exc:
+            self._failure = exc
+            while True:  # unblock a write() waiting on a full queue
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+
+    def _finish_pump(self, abort: bool) -> None:
+        """Stop the pump (after the queued blocks, or at once on abort) and wait
+        for it: from then on only the calling thread uses the context."""
+        pump, self._pump = self._pump, None
+        if pump is None:
+            return
+        if abort:
+            self._stop = True
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+        while pump.is_alive():
+            try:
+                self._queue.put(None, timeout=1)
+                break
+            except queue.Full:
+                continue
+        pump.join()
+        if self._failure is not None and not abort:
+            raise self._failure_error()
+
+    def _failure_error(self) -> BaseException:
+        """The pump's error; a generic one becomes ParentMissing when the folder
+        is gone (the server fails the STOR while gfal2 reports only that the
+        transfer is no longer running: "GLOBUS_FTP_CLIENT_IDLE not allowed")."""
+        exc = self._failure
+        assert exc is not None
+        if type(exc) in (errors.AdaptorError, errors.Transient):
+            try:
+                self._adaptor.stat(parent_of(self._path))
+            except errors.NotFound:
+                return errors.ParentMissing(f"parent directory missing: {self._path}",
+                                            self._path)
+            except errors.AdaptorError:
+                pass
+        return exc
 
     def _close_handle(self) -> None:
         fh, self._fh = self._fh, None
@@ -1014,6 +1112,7 @@ class _GridFTPWriter(Writer):
         self._done = True
         a = self._adaptor
         try:
+            self._finish_pump(abort=False)
             self._close_handle()
             with a._translate(self._path):
                 st = self._ctx.stat(a.url(self._tmp))
@@ -1039,12 +1138,17 @@ class _GridFTPWriter(Writer):
             self._release()
 
     def _discard(self) -> None:
+        """Stop the upload and remove the temporary file -- on a new connection
+        if the upload's own was lost."""
+        with contextlib.suppress(Exception):
+            self._finish_pump(abort=True)
         with contextlib.suppress(Exception):
             self._close_handle()
-        if self._ctx is None:
-            return
-        with contextlib.suppress(Exception):
-            self._ctx.unlink(self._adaptor.url(self._tmp))
+        self._broken = True  # its session may be mid-abort: not for reuse
+        self._release()
+        url = self._adaptor.url(self._tmp)
+        with contextlib.suppress(errors.AdaptorError):
+            self._adaptor._idempotent(self._tmp, lambda ctx: ctx.unlink(url))
 
     def _release(self) -> None:
         ctx, self._ctx = self._ctx, None
@@ -1054,3 +1158,4 @@ class _GridFTPWriter(Writer):
     def __del__(self) -> None:
         if not getattr(self, "_done", True):
             self.abort()
+

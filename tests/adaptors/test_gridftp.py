@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -285,15 +286,29 @@ def test_third_party_copy_cancel(gridftp_server, gridftp_server_b, tmp_path):
     dst = create_adaptor(gridftp_server_b.site("cdst"), ctx)
     _fill(src, "/big", 512 << 20)
     seen: list[int] = []
-    timer = threading.Timer(0.3, dst.cancel_copies)
-    timer.start()
+    folder = urllib.parse.unquote(urllib.parse.urlsplit(dst.url("/")).path)
+    done = threading.Event()
+
+    def cancel_once_data_flows() -> None:
+        # a fixed delay raced the copy: on a quiet machine 512 MiB went
+        # across before it; cancel as soon as the temporary file exists
+        while not done.is_set():
+            for n in os.listdir(folder):
+                with contextlib.suppress(OSError):
+                    if os.path.getsize(os.path.join(folder, n)) > 0:
+                        dst.cancel_copies()
+                        return
+            time.sleep(0.002)
+
+    canceller = threading.Thread(target=cancel_once_data_flows)
+    canceller.start()
     try:
         with pytest.raises(errors.AdaptorError, match="cancelled"):
             dst.copy_from(src, "/big", "/big", on_progress=seen.append)
     finally:
-        timer.cancel()
+        done.set()
+        canceller.join()
     assert dst.list("/") == []
-    folder = urllib.parse.unquote(urllib.parse.urlsplit(dst.url("/")).path)
     assert os.listdir(folder) == []
     # a progress callback that raises cancels too, and its exception comes back
     def stop(done: int) -> None:
@@ -418,3 +433,31 @@ def test_lost_connection_is_retried(gridftp_server, ftp_adaptor, caplog):
     retried = [r.getMessage() for r in caplog.records if "retrying once" in r.getMessage()]
     assert any("connection lost" in m and ": /f;" in m for m in retried), retried
     assert any("connection lost" in m and ": /;" in m for m in retried), retried
+
+
+def test_upload_whose_server_dies_fails_and_leaves_no_file(gridftp_server, ftp_adaptor):
+    """The server process receiving an upload dies mid-stream: write() or
+    commit() raises, and abort() removes the temporary file on a new
+    connection; the target is untouched."""
+    import signal
+
+    _fill(ftp_adaptor, "/t", 1 << 20)
+    folder = urllib.parse.unquote(urllib.parse.urlsplit(ftp_adaptor.url("/")).path)
+    block = os.urandom(1 << 20)
+    w = ftp_adaptor.open_write("/t")
+    for _ in range(8):
+        w.write(block)
+    assert any(n.startswith(".fedgate-tmp-") for n in os.listdir(folder))
+    parent = gridftp_server.proc.pid
+    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        os.kill(int(pid), signal.SIGKILL)
+    with pytest.raises(errors.AdaptorError):
+        for _ in range(64):
+            w.write(block)
+        w.commit()
+    w.abort()
+    deadline = time.monotonic() + 10
+    while os.listdir(folder) != ["t"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert os.listdir(folder) == ["t"]
+    assert ftp_adaptor.stat("/t").size == 1 << 20
