@@ -30,8 +30,11 @@ How it is built
   every blocking call (checked in its source), so threads transfer in
   parallel.  A context whose connection was lost is dropped, not reused.
 * **Lost connections** (the server closed a cached session: "end-of-file
-  was reached") are :class:`errors.Transient`; ``stat``, ``checksum`` and
-  listings, which are safe to repeat, are retried once on a new context.
+  was reached") are :class:`errors.Transient`, and the idle contexts are
+  dropped with the one that saw it; ``stat``, ``checksum``, listings and
+  opening a read, which are safe to repeat, are retried once on a new
+  context (mkdir, rename, unlink and rmdir are not: the first attempt may
+  have been carried out).
 * **Credentials** are set per URL prefix with gfal2's credential API
   (``cred_set``): ``X509_CERT``/``X509_KEY`` = the proxy for ``gsiftp://``,
   ``USER``/``PASSWORD`` for ``ftp://``.  Nothing goes into a URL or the
@@ -58,7 +61,11 @@ How it is built
   ``read(n)`` returns at most 1 MiB per call (larger gfal2 buffers
   page-fault heavily).
 * **Writes** go to a hidden ``.fedgate-tmp-*`` file in the target folder,
-  checked for size, then renamed onto the target; abort removes it.
+  checked for size, then renamed onto the target; abort removes it.  A pump
+  thread per upload feeds gfal2, so the caller's next block arrives while
+  the last one is sent (streaming into a ``globus-url-copy`` process instead
+  measured slower through the gateway on 2 cores: one more process copying
+  every byte).
 * **Copies**: ``copy()`` and ``copy_from()`` are gfal2 ``filecopy`` server to
   server (third-party, no data through this process) with ``parallel_streams``,
   into a temporary name renamed on success after verification: the source
@@ -292,12 +299,17 @@ class GridFTPAdaptor(Adaptor):
     def _release(self, ctx: Any, broken: bool = False) -> None:
         """Give a context back to the pool (``broken``: it lost its connection
         or was left mid-transfer; free it instead)."""
-        if not broken:
-            with self._pool_lock:
-                if len(self._pool) < self._max_idle and not self._closed:
-                    self._pool.append(ctx)
-                    return
-        _free_contexts([ctx])
+        stale: builtins.list[Any] = [ctx]
+        with self._pool_lock:
+            if broken:
+                # a lost connection mostly means the server dropped every idle
+                # session (restart, idle timeout): the idle contexts go too
+                stale += self._pool
+                self._pool.clear()
+            elif len(self._pool) < self._max_idle and not self._closed:
+                self._pool.append(ctx)
+                return
+        _free_contexts(stale)
 
     @contextlib.contextmanager
     def _ctx(self, path: str, fresh: bool = False) -> Iterator[Any]:
@@ -516,14 +528,21 @@ class GridFTPAdaptor(Adaptor):
             return _EmptyReader()
         if offset >= PARTIAL_GET_MIN_OFFSET and _GUC:
             return self._partial_get(path, offset, left)
-        ctx = self._acquire()
-        try:
-            with self._translate(path):
-                fh = ctx.open(self.url(path), "r")
-        except BaseException:
-            self._release(ctx)
-            raise
-        return _GridFTPReader(self, ctx, fh, path, offset, left)
+        for fresh in (False, True):  # opening a GET is safe to repeat
+            ctx = self._acquire(fresh)
+            try:
+                with self._translate(path):
+                    fh = ctx.open(self.url(path), "r")
+                return _GridFTPReader(self, ctx, fh, path, offset, left)
+            except errors.Transient as exc:
+                self._release(ctx, broken=True)
+                if fresh:
+                    raise
+                log.info("%s; retrying once on a new connection", exc.message)
+            except BaseException:
+                self._release(ctx)
+                raise
+        raise AssertionError("unreachable")
 
     def _partial_get(self, path: str, offset: int, left: int) -> Reader:
         """A GridFTP partial GET (ERET) of ``[offset, offset+left)`` by

@@ -411,9 +411,9 @@ def test_listing_while_other_adaptors_commit(gridftp_site, tmp_path):
 
 def test_lost_connection_is_retried(gridftp_server, ftp_adaptor, caplog):
     """The server processes behind the adaptor's cached sessions die (as when
-    a server restarts or times a session out): the next stat, checksum and
-    listing see a lost connection, classify it Transient and succeed on a
-    new connection."""
+    a server restarts or times a session out): the next stat, checksum,
+    listing and open for reading see a lost connection, classify it Transient
+    and succeed on a new connection."""
     import logging
     import signal
 
@@ -430,6 +430,15 @@ def test_lost_connection_is_retried(gridftp_server, ftp_adaptor, caplog):
         assert ftp_adaptor.stat("/f").size == 1 << 20
         assert ftp_adaptor.checksum("/f", "adler32")
         assert [e.name for e in ftp_adaptor.list("/")] == ["f"]
+    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.3)
+    with caplog.at_level(logging.INFO, logger="adaptors.gridftp"):
+        r = ftp_adaptor.open_read("/f", 0, 100)
+        try:
+            assert len(r.read()) == 100
+        finally:
+            r.close()
     retried = [r.getMessage() for r in caplog.records if "retrying once" in r.getMessage()]
     assert any("connection lost" in m and ": /f;" in m for m in retried), retried
     assert any("connection lost" in m and ": /;" in m for m in retried), retried
