@@ -20,6 +20,17 @@ from gateway.state import StoreLockStorage, StorePropertyManager
 log = logging.getLogger(__name__)
 
 
+class DirBrowser(WsgiDavDirBrowser):
+    """wsgidav's directory browser looks the resource up at the back end for
+    every request, but uses it only for GET and HEAD: other methods (PROPFIND,
+    PUT, ...) skip that extra stat."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return self.next_app(environ, start_response)
+        return super().__call__(environ, start_response)
+
+
 def change_hooks() -> list[ChangeHook]:
     """The catalogue's update hook, when the staging service is installed."""
     try:
@@ -34,7 +45,7 @@ def build_app(federation: Federation) -> GatewayMiddleware:
     provider = FederatedProvider(federation, change_hooks())
     dav_config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
-        "middleware_stack": [ErrorPrinter, WsgiDavDirBrowser, RequestResolver],
+        "middleware_stack": [ErrorPrinter, DirBrowser, RequestResolver],
         "lock_storage": StoreLockStorage(federation.store),
         "property_manager": StorePropertyManager(federation.store),
         "http_authenticator": {"domain_controller": None, "accept_basic": False,
