@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adaptors.base import BLOCK_SIZE, iter_chunks
 from adaptors.local import LocalAdaptor
 from fedgate.auth import hash_password
+from fedgate.cli import tune_malloc
 from fedgate.config import build_config
 from fedgate.store.sqlite import SQLiteStore
 
@@ -97,6 +98,7 @@ def main() -> int:
     ap.add_argument("--catalogue", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    tune_malloc()  # as every fedgate process does (fedgate.cli.main)
     os.environ.setdefault("FEDGATE_JOB_LEASE_S", "30")
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="bench-staging-") as tmp:
