@@ -292,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: bytes of free memory an arena keeps before it is returned to the kernel
-TRIM_THRESHOLD = 16 * 1024 * 1024
+#: MiB of free memory a malloc arena keeps before returning it to the kernel
+#: (environment FEDGATE_MALLOC_TRIM_MIB overrides)
+TRIM_THRESHOLD_MIB = 16
 
 
 def tune_malloc() -> None:
@@ -312,7 +313,8 @@ def tune_malloc() -> None:
         # a fixed mmap threshold leaves the trim threshold at 128 KiB: every freed
         # 1 MiB block went back to the kernel and the next one page-faulted in
         # again (half the CPU of a PUT).  Up to 16 MiB per arena stays mapped.
-        libc.mallopt(m_trim_threshold, TRIM_THRESHOLD)
+        trim_mib = int(os.environ.get("FEDGATE_MALLOC_TRIM_MIB", TRIM_THRESHOLD_MIB))
+        libc.mallopt(m_trim_threshold, trim_mib * 1024 * 1024)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
 
