@@ -234,8 +234,13 @@ class Adaptor(ABC):
         """Server-computed checksum (lower-case hex) or None if not offered."""
         return None
 
-    def copy_from(self, source: Adaptor, src: str, dst: str, overwrite: bool = False) -> None:
-        """Third-party copy from ``source`` (``Capability.THIRD_PARTY_COPY``)."""
+    def copy_from(self, source: Adaptor, src: str, dst: str, overwrite: bool = False, *,
+                  checksum: str | None = None) -> str | None:
+        """Third-party copy from ``source`` (``Capability.THIRD_PARTY_COPY``).
+
+        With ``checksum`` (an algorithm name) an implementation MAY verify the
+        copy with it on both servers and return that digest (lower-case hex);
+        it returns None when it did not, and the caller verifies."""
         raise errors.Unsupported("no third-party copy", src)
 
     def probe(self) -> None:

@@ -649,7 +649,8 @@ class GridFTPAdaptor(Adaptor):
         self._third_party(self, src, dst, overwrite)
 
     def copy_from(self, source: Adaptor, src: str, dst: str, overwrite: bool = False, *,
-                  on_progress: Callable[[int], None] | None = None) -> None:
+                  on_progress: Callable[[int], None] | None = None,
+                  checksum: str | None = None) -> str | None:
         """Third-party copy from another GridFTP site, server to server.
 
         Raises :class:`errors.Unsupported` when ``source`` is not a GridFTP site
@@ -665,7 +666,7 @@ class GridFTPAdaptor(Adaptor):
         """
         if not isinstance(source, GridFTPAdaptor):
             raise errors.Unsupported("third-party copy needs a GridFTP source", src)
-        self._third_party(source, src, dst, overwrite, on_progress)
+        return self._third_party(source, src, dst, overwrite, on_progress, checksum)
 
     def cancel_copies(self) -> None:
         """Cancel every server-side copy this adaptor is running (any thread);
@@ -677,7 +678,11 @@ class GridFTPAdaptor(Adaptor):
                 ctx.cancel()
 
     def _third_party(self, source: GridFTPAdaptor, src: str, dst: str, overwrite: bool,
-                     on_progress: Callable[[int], None] | None = None) -> None:
+                     on_progress: Callable[[int], None] | None = None,
+                     checksum: str | None = None) -> str | None:
+        """The copy, verified with ``checksum`` when both servers compute it
+        (else with ``copy_checksum``); returns the verified digest of
+        ``checksum``, or None when that algorithm was not the one verified."""
         self.check_writable(dst)
         entry = source.stat(src)
         if entry.is_dir:
@@ -721,6 +726,9 @@ class GridFTPAdaptor(Adaptor):
 
             params.monitor_callback = monitor
         algo = self.copy_checksum
+        if checksum and checksum.lower() in _CHECKSUMS:
+            algo = checksum.lower()  # verify once, with what the caller wants
+        verified: str | None = None
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             # the source server checksums while the data flows (the same
             # result as gfal2's checksum_mode.both, without its serial wait)
@@ -747,6 +755,8 @@ class GridFTPAdaptor(Adaptor):
                     if expected and got is not None and got != expected:
                         raise errors.ChecksumMismatch(
                             f"{algo} mismatch after copy ({got} != {expected}): {dst}", dst)
+                    if expected and got == expected and checksum and algo == checksum.lower():
+                        verified = got
                 with self._ctx(dst) as c:
                     c.rename(self.url(tmp), self.url(dst))
             except BaseException:
@@ -757,6 +767,7 @@ class GridFTPAdaptor(Adaptor):
             idle = self._copy_pool.setdefault(key, [])
             if len(idle) < self._max_idle:
                 idle.append(ctx)
+        return verified
 
     def _cred_key(self) -> tuple[str, str | None, str | None, str | None]:
         """Identity of this site's login, for caching copy contexts."""

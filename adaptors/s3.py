@@ -1609,14 +1609,17 @@ class S3Adaptor(Adaptor):
         self.check_writable(dst)
         self._transfer(self, src, dst, overwrite, move=False, files_only=True)
 
-    def copy_from(self, source: Adaptor, src: str, dst: str, overwrite: bool = False) -> None:
+    def copy_from(self, source: Adaptor, src: str, dst: str, overwrite: bool = False, *,
+                  checksum: str | None = None) -> str | None:
         """Server-side copy from another S3 site on the same endpoint (another
-        bucket or prefix) with the same credentials; Unsupported otherwise."""
+        bucket or prefix) with the same credentials; Unsupported otherwise.
+        Verifies no checksum itself (returns None)."""
         if not isinstance(source, S3Adaptor) or not self.same_endpoint(source):
             raise errors.Unsupported("third-party copy only between S3 sites on the same "
                                      "endpoint with the same credentials", src)
         self.check_writable(dst)
         self._transfer(source, src, dst, overwrite, move=False, files_only=True)
+        return None
 
     def _transfer(self, source: S3Adaptor, src: str, dst: str, overwrite: bool,
                   move: bool, files_only: bool = False) -> None:

@@ -6,7 +6,8 @@ worker thread).
   :class:`ThreadedHashingSink` hashes the bytes on another core.
 - Uses the server-side path when it can: ``Capability.SERVER_COPY`` within one
   site, ``Capability.THIRD_PARTY_COPY`` between two sites of one type, and an
-  atomic rename for a move within a site.
+  atomic rename for a move within a site.  A third-party copy that verified
+  the job's checksum on both servers itself is not checksummed again.
 - Verifies every file before it counts as done; a mismatch removes the bad
   target and is retried.  Streamed copies: the job's checksum (sha256 by
   default) is computed on the bytes sent, together with a CRC-32 of every
@@ -349,6 +350,7 @@ class TransferEngine:
                    target: Adaptor, dst: str, alg: str | None,
                    same_site: bool) -> tuple[int, str | None]:
         server_side = False
+        verified: str | None = None  # the digest a third-party copy verified itself
         if same_site and Capability.SERVER_COPY in target.capabilities:
             target.copy(src, dst, overwrite=True)
             server_side = True
@@ -356,7 +358,7 @@ class TransferEngine:
               and Capability.THIRD_PARTY_COPY in target.capabilities
               and Capability.THIRD_PARTY_COPY in source.capabilities):
             try:
-                target.copy_from(source, src, dst, overwrite=True)
+                verified = target.copy_from(source, src, dst, overwrite=True, checksum=alg)
                 server_side = True
             except errors.Unsupported as exc:  # e.g. two S3 endpoints: stream instead
                 log.info("transfer %s: no third-party path (%s); streaming", ctl.job_id,
@@ -387,6 +389,8 @@ class TransferEngine:
             self._compare(target, dst, "size", str(source.stat(src).size), str(n))
         if not alg:
             return n, None
+        if verified:  # both servers computed ``alg`` during the copy and agreed
+            return n, verified
         with ThreadPoolExecutor(2, thread_name_prefix="verify") as ex:
             fs, fd = (ex.submit(self._checksum, ctl, a, p, alg)
                       for a, p in ((source, src), (target, dst)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -77,6 +78,27 @@ def _fill(adaptor, path: str, size: int) -> None:
     for _ in range(size // len(block)):
         w.write(block)
     w.commit()
+
+
+def test_third_party_copy_verifies_the_asked_checksum(gridftp_server, gridftp_server_b,
+                                                      tmp_path):
+    """copy_from(checksum=...) verifies with that algorithm on both servers and
+    returns the digest, so a staging job need not checksum both ends again;
+    an algorithm the servers do not know falls back to copy_checksum (None)."""
+    ctx = AdaptorContext(data_dir=tmp_path)
+    src = create_adaptor(gridftp_server.site("src"), ctx)
+    dst = create_adaptor(gridftp_server_b.site("dst"), ctx)
+    data = os.urandom(3 << 20)
+    w = src.open_write("/f.bin")
+    w.write(data)
+    w.commit()
+    got = dst.copy_from(src, "/f.bin", "/g.bin", checksum="sha256")
+    assert got == hashlib.sha256(data).hexdigest()
+    assert dst.copy_from(src, "/f.bin", "/h.bin", checksum="blake3") is None
+    assert dst.copy_from(src, "/f.bin", "/i.bin") is None
+    for name in ("/g.bin", "/h.bin", "/i.bin"):
+        assert dst.stat(name).size == len(data)
+        assert dst.checksum(name, "md5") == hashlib.md5(data).hexdigest()
 
 
 def test_third_party_copy_between_servers(gridftp_server, gridftp_server_b, tmp_path):
