@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -124,6 +125,14 @@ def bench_pair(label: str, a: GridFTPServer, b: GridFTPServer, env: dict[str, st
                     src_url, dst_url), runs, rm_b)
     rows.append((label, f"3rd-party {mib:.0f} MiB adler32", t_tpc, t_guc_tpc,
                  t_guc_tpc / t_tpc))
+    # a staging job a -> b through the transfer engine (the path a worker runs):
+    # the default job checksum (sha256), verified by both servers during the copy
+    t_job, t_guc_job = paired(
+        lambda: staging_job(ad_a, ad_b, shm),
+        lambda: guc(env, "-p", str(streams), "-verify-checksum", "-checksum-alg", "SHA256",
+                    src_url, dst_url), runs, rm_b)
+    rows.append((label, f"staging job {mib:.0f} MiB sha256", t_job, t_guc_job,
+                 t_guc_job / t_job))
     ad_b.copy_checksum = ""
     t_tpc, t_guc_tpc = paired(lambda: ad_b.copy_from(ad_a, "/put.bin", "/tpc.bin"),
                               lambda: guc(env, "-p", str(streams), src_url, dst_url), runs, rm_b)
@@ -146,6 +155,38 @@ def bench_pair(label: str, a: GridFTPServer, b: GridFTPServer, env: dict[str, st
     ad_b.close()
     src.unlink()
     return rows
+
+
+class _Sites:
+    def __init__(self, **sites: Any) -> None:
+        self.sites = sites
+
+    def get(self, name: str) -> Any:
+        return self.sites[name]
+
+
+def staging_job(ad_a: Any, ad_b: Any, shm: Path) -> None:
+    """One copy job a:/put.bin -> b:/tpc.bin run by the staging engine to its end."""
+    from fedgate.config import Config
+    from fedgate.store.sqlite import SQLiteStore
+    from staging.transfer import JobControl, TransferEngine
+
+    db = shm / "bench-jobs.db"
+    db.unlink(missing_ok=True)
+    store = SQLiteStore(db)
+    try:
+        store.job_insert({"id": "tpc", "user": "u", "status": "queued", "created_at": 1.0,
+                          "from": "a:/put.bin", "to": "b:/tpc.bin", "move": False,
+                          "overwrite": True, "recursive": False, "checksum_alg": None,
+                          "webhook": None})
+        job = store.job_claim("bench", 60)
+        assert job is not None
+        engine = TransferEngine(Config(), _Sites(a=ad_a, b=ad_b))  # type: ignore[arg-type]
+        status, fields = engine.run(job, JobControl(job, "bench", store, 60))
+        assert status == "succeeded", fields
+        assert fields["checksum"] and fields["checksum"].get("sha256"), fields
+    finally:
+        store.close()
 
 
 def _data_root(shm: Path, name: str) -> Path:
