@@ -238,12 +238,30 @@ def _sftp_send_packet(self: Any, pkttype: int, pktid: Any, *args: bytes) -> None
         self.log_sent_packet(pkttype, pktid, bytes((pkttype,)) + b"".join(args))
 
 
+#: asyncssh releases (major, minor) whose internals this module was checked against
+TESTED_ASYNCSSH = frozenset({(2, 24)})
+
+
+def lean_path_allowed() -> bool:
+    """Only on a tested asyncssh release, and unless FEDGATE_SFTP_LEAN=0: a new
+    release may keep the attribute names but change what they mean."""
+    if os.environ.get("FEDGATE_SFTP_LEAN", "1") == "0":
+        return False
+    try:
+        import asyncssh
+
+        major, minor = (int(x) for x in asyncssh.__version__.split(".")[:2])
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return (major, minor) in TESTED_ASYNCSSH
+
+
 def install(conn: Any, sftp: Any, coalesced: bool) -> bool:
     """Switch ``conn`` and the channel of its SFTP client ``sftp`` to the lean
     send path (``coalesced``: the transport joins the writes of one loop pass
     itself).  Returns False (and changes nothing) when this asyncssh's
     internals are not the ones it was written for."""
-    if not _AVAILABLE:
+    if not _AVAILABLE or not lean_path_allowed():
         return False
     handler: Any = getattr(sftp, "_handler", None)
     writer = getattr(handler, "_writer", None)

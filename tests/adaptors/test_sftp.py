@@ -465,6 +465,27 @@ def test_lean_send_path_is_installed(adaptor) -> None:
         "aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
+def test_lean_send_path_can_be_switched_off(sftp_site, gateway_context, monkeypatch) -> None:
+    """FEDGATE_SFTP_LEAN=0 (or an untested asyncssh release) keeps asyncssh's own
+    send path, and transfers still work."""
+    import adaptors.sftp_wire as wire
+
+    assert wire.lean_path_allowed()
+    monkeypatch.setattr(wire, "TESTED_ASYNCSSH", frozenset({(1, 0)}))
+    assert not wire.lean_path_allowed()
+    monkeypatch.undo()
+    monkeypatch.setenv("FEDGATE_SFTP_LEAN", "0")
+    a = create_adaptor(without(sftp_site, "key_file"), gateway_context)
+    try:
+        data = _pattern(3 * (1 << 20) + 7)
+        put(a, "/plain", data)
+        session = a._sessions[0]
+        assert session.conn is not None and "send_packet" not in vars(session.conn)
+        assert get(a, "/plain") == data
+    finally:
+        a.close()
+
+
 @pytest.mark.parametrize("chunk", [1, 4093, 65536, 1 << 20, 3 * (1 << 20) + 17])
 def test_writes_of_any_size_arrive_intact(adaptor, chunk: int) -> None:
     data = _pattern(5 * (1 << 20) + 12345 if chunk > 1 else 300_001)
