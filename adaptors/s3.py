@@ -142,6 +142,12 @@ PROBE_PREFIX = ".fedgate-probe-"
 #: least bytes fetched from a response body per hop to the IO loop (small reads
 #: are served from this buffer; it also bounds the over-read of a short Range)
 READ_CHUNK = 256 * 1024
+#: keys asked for per ListObjectsV2 page.  AWS answers at most 1,000 whatever
+#: is asked (and says IsTruncated); servers that honour more (SeaweedFS, Ceph
+#: RGW up to its limit) list a large folder in fewer round trips.  A server
+#: that refuses the value (InvalidArgument) is asked for 1,000 from then on.
+LIST_PAGE_KEYS = 10000
+S3_STANDARD_PAGE = 1000
 
 _UNAVAILABLE_CODES = frozenset({
     "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName",
@@ -925,6 +931,8 @@ class S3Adaptor(Adaptor):
         "ca_bundle": OptionSpec(str, help="CA bundle for https endpoints"),
         "sign_payload": OptionSpec(bool, default=False,
                                    help="SHA-256-sign request bodies (also over http)"),
+        "list_page_keys": OptionSpec(int, default=LIST_PAGE_KEYS,
+                                     help="MaxKeys per listing page (AWS caps it at 1000)"),
     }
     capabilities = Capability.SERVER_COPY | Capability.THIRD_PARTY_COPY
 
@@ -944,6 +952,7 @@ class S3Adaptor(Adaptor):
         self.upload_concurrency = int(opt.get("upload_concurrency")
                                       or DEFAULT_UPLOAD_CONCURRENCY)
         self.copy_part_size = int(opt.get("copy_part_size") or DEFAULT_COPY_PART_SIZE)
+        self.list_page_keys = max(1, int(opt.get("list_page_keys") or LIST_PAGE_KEYS))
         self._access_key: str | None = opt.get("access_key_id") or None
         self._secret_key: str | None = opt.get("secret_access_key") or None
         self._token: str | None = opt.get("session_token") or None
@@ -1205,11 +1214,24 @@ class S3Adaptor(Adaptor):
             kwargs["Delimiter"] = delimiter
 
         async def page(token: str | None) -> dict[str, Any]:
-            args = dict(kwargs, ContinuationToken=token) if token else kwargs
+            from botocore.exceptions import ClientError
+
+            args = dict(kwargs, ContinuationToken=token) if token else dict(kwargs)
             flag = _RAW_LISTING.set(True)
             try:
-                resp: dict[str, Any] = await s3.list_objects_v2(**args)
-                return resp
+                while True:
+                    args["MaxKeys"] = self.list_page_keys
+                    try:
+                        resp: dict[str, Any] = await s3.list_objects_v2(**args)
+                        return resp
+                    except ClientError as exc:
+                        code = (exc.response.get("Error", {}) or {}).get("Code")
+                        if code != "InvalidArgument" or self.list_page_keys <= S3_STANDARD_PAGE:
+                            raise
+                        log.info("site %s: the server refuses %d keys per listing page; "
+                                 "asking for %d", self.name, self.list_page_keys,
+                                 S3_STANDARD_PAGE)
+                        self.list_page_keys = S3_STANDARD_PAGE
             finally:
                 _RAW_LISTING.reset(flag)
 

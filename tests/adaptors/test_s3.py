@@ -712,9 +712,13 @@ def test_error_inside_200_listing_still_checked(monkeypatch: pytest.MonkeyPatch)
     assert len(full_checks) == 2
 
 
-def test_multi_page_listing(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> None:
+@pytest.mark.parametrize("page_keys", [1000, 10000])
+def test_multi_page_listing(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS,
+                            page_keys: int) -> None:
     """A listing of several pages (fetched ahead while the previous is read)
-    equals what the server holds, with awkward names and sub-directories."""
+    equals what the server holds, with awkward names and sub-directories; also
+    in one large page where the server honours MaxKeys above 1,000."""
+    adaptor.list_page_keys = page_keys
     client = seaweedfs_server.client()
     odd = ["with space", "a+b", "per%cent", "amp&lt;", "quote\"'", "ünï文件", "tab\tin"]
     keys = [f"{adaptor.prefix}big/{odd[i % len(odd)]}-{i:05d}" for i in range(2300)]
@@ -739,6 +743,19 @@ def test_multi_page_listing(adaptor: S3Adaptor, seaweedfs_server: SeaweedFS) -> 
     assert "zz-late" in {e.name for e in adaptor.list("/big")}
     assert "zz-late" in {e.name for e in adaptor.iter_list("/big")}
     adaptor.remove("/big", recursive=True)
+
+
+def test_refused_page_size_falls_back_to_1000(adaptor: S3Adaptor) -> None:
+    """SeaweedFS answers InvalidArgument to MaxKeys=100000: the listing is asked
+    again with the S3 standard 1,000 (and stays so), not failed."""
+    adaptor.mkdir("/d")
+    for i in range(3):
+        put(adaptor, f"/d/f{i}", b"x")
+    adaptor.list_page_keys = 100_000
+    assert sorted(e.name for e in adaptor.list("/d")) == ["f0", "f1", "f2"]
+    assert adaptor.list_page_keys == 1000
+    adaptor.list_page_keys = 100_000
+    assert [e.name for e in adaptor.iter_list("/d")] == ["f0", "f1", "f2"]
 
 
 def test_iter_list_errors_before_any_entry(adaptor: S3Adaptor) -> None:
