@@ -164,8 +164,11 @@ def test_api_and_two_worker_processes(tmp_path, staging_keys, receiver):
             assert time.time() < end, [(j["id"], j["status"]) for j in jobs]
             time.sleep(0.2)
         # a cancel answered by the API process stops a copy run by a worker process
+        # (a source far too large to finish first: 16 GiB, sparse)
+        with open(a / "huge.bin", "wb") as fh:
+            fh.truncate(16 * 1024 ** 3)
         assert requests.post(url + "/api/v1/copy", auth=auth, timeout=10, data=json.dumps(
-            {"id": "c", "from": "site-a:/slow.bin", "to": "site-b:/c.bin",
+            {"id": "c", "from": "site-a:/huge.bin", "to": "site-b:/c.bin",
              "webhook": receiver.url})).status_code == 202
         end = time.time() + 30
         while requests.get(url + "/api/v1/copy/c", auth=auth,
