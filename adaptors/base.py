@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import posixpath
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -235,12 +236,15 @@ class Adaptor(ABC):
         return None
 
     def copy_from(self, source: Adaptor, src: str, dst: str, overwrite: bool = False, *,
-                  checksum: str | None = None) -> str | None:
+                  checksum: str | None = None,
+                  cancel: threading.Event | None = None) -> str | None:
         """Third-party copy from ``source`` (``Capability.THIRD_PARTY_COPY``).
 
         With ``checksum`` (an algorithm name) an implementation MAY verify the
         copy with it on both servers and return that digest (lower-case hex);
-        it returns None when it did not, and the caller verifies."""
+        it returns None when it did not, and the caller verifies.  When
+        ``cancel`` is set during a long copy, an implementation SHOULD stop it
+        within a second, remove what it wrote and raise an AdaptorError."""
         raise errors.Unsupported("no third-party copy", src)
 
     def probe(self) -> None:

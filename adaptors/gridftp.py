@@ -138,6 +138,8 @@ log = logging.getLogger(__name__)
 PARTIAL_GET_MIN_OFFSET = 8 * 1024 * 1024
 #: listings retried when the server fails an MLSD because an entry vanished
 LIST_RACE_RETRIES = 8
+#: how often a running third-party copy looks at its cancel event (seconds)
+CANCEL_POLL_S = 0.2
 _GUC = shutil.which("globus-url-copy")
 #: largest gfal2 read per call: bigger buffers are fresh mmaps whose page
 #: faults cost more than the transfer (4 MiB reads ran 3-6x slower here)
@@ -650,7 +652,8 @@ class GridFTPAdaptor(Adaptor):
 
     def copy_from(self, source: Adaptor, src: str, dst: str, overwrite: bool = False, *,
                   on_progress: Callable[[int], None] | None = None,
-                  checksum: str | None = None) -> str | None:
+                  checksum: str | None = None,
+                  cancel: threading.Event | None = None) -> str | None:
         """Third-party copy from another GridFTP site, server to server.
 
         Raises :class:`errors.Unsupported` when ``source`` is not a GridFTP site
@@ -666,7 +669,7 @@ class GridFTPAdaptor(Adaptor):
         """
         if not isinstance(source, GridFTPAdaptor):
             raise errors.Unsupported("third-party copy needs a GridFTP source", src)
-        return self._third_party(source, src, dst, overwrite, on_progress, checksum)
+        return self._third_party(source, src, dst, overwrite, on_progress, checksum, cancel)
 
     def cancel_copies(self) -> None:
         """Cancel every server-side copy this adaptor is running (any thread);
@@ -679,7 +682,8 @@ class GridFTPAdaptor(Adaptor):
 
     def _third_party(self, source: GridFTPAdaptor, src: str, dst: str, overwrite: bool,
                      on_progress: Callable[[int], None] | None = None,
-                     checksum: str | None = None) -> str | None:
+                     checksum: str | None = None,
+                     cancel: threading.Event | None = None) -> str | None:
         """The copy, verified with ``checksum`` when both servers compute it
         (else with ``copy_checksum``); returns the verified digest of
         ``checksum``, or None when that algorithm was not the one verified."""
@@ -729,13 +733,19 @@ class GridFTPAdaptor(Adaptor):
         if checksum and checksum.lower() in _CHECKSUMS:
             algo = checksum.lower()  # verify once, with what the caller wants
         verified: str | None = None
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        done = False
+        try:
             # the source server checksums while the data flows (the same
             # result as gfal2's checksum_mode.both, without its serial wait)
             src_sum = pool.submit(source.checksum, src, algo) if algo else None
             try:
                 with self._pool_lock:
                     self._running.add(ctx)
+                finished = threading.Event()
+                if cancel is not None:
+                    threading.Thread(target=_cancel_when_set, args=(cancel, finished, ctx),
+                                     name="gridftp-cancel", daemon=True).start()
                 try:
                     ctx.filecopy(params, source.url(src), self.url(tmp))
                 except Exception as exc:
@@ -745,10 +755,13 @@ class GridFTPAdaptor(Adaptor):
                         raise
                     raise self._copy_error(exc, dst) from None
                 finally:
+                    finished.set()
                     with self._pool_lock:
                         self._running.discard(ctx)
                 if failure:
                     raise failure[0]
+                if cancel is not None and cancel.is_set():
+                    raise errors.AdaptorError("copy cancelled", dst)
                 if src_sum is not None:
                     expected = src_sum.result()
                     got = self.checksum(tmp, algo) if expected else None
@@ -763,6 +776,10 @@ class GridFTPAdaptor(Adaptor):
                 with contextlib.suppress(errors.AdaptorError), self._ctx(tmp) as c:
                     c.unlink(self.url(tmp))
                 raise
+            done = True
+        finally:
+            # a failed or cancelled copy does not wait for the source's checksum
+            pool.shutdown(wait=done, cancel_futures=not done)
         with self._pool_lock:  # a context whose copy failed is dropped, not reused
             idle = self._copy_pool.setdefault(key, [])
             if len(idle) < self._max_idle:
@@ -880,6 +897,17 @@ class _Lister:
                 proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
+
+
+def _cancel_when_set(cancel: threading.Event, finished: threading.Event, ctx: Any) -> None:
+    """Cancel ``ctx``'s running copy once ``cancel`` is set (polled; gfal2 offers
+    no callback), unless the copy finished first."""
+    while not finished.is_set():
+        if cancel.wait(CANCEL_POLL_S):
+            if not finished.is_set():
+                with contextlib.suppress(Exception):
+                    ctx.cancel()
+            return
 
 
 def _proxy_expiry(path: str) -> datetime | None:

@@ -1632,10 +1632,12 @@ class S3Adaptor(Adaptor):
         self._transfer(self, src, dst, overwrite, move=False, files_only=True)
 
     def copy_from(self, source: Adaptor, src: str, dst: str, overwrite: bool = False, *,
-                  checksum: str | None = None) -> str | None:
+                  checksum: str | None = None,
+                  cancel: threading.Event | None = None) -> str | None:
         """Server-side copy from another S3 site on the same endpoint (another
         bucket or prefix) with the same credentials; Unsupported otherwise.
-        Verifies no checksum itself (returns None)."""
+        Verifies no checksum itself (returns None); ``cancel`` is not watched
+        (a CopyObject is one request)."""
         if not isinstance(source, S3Adaptor) or not self.same_endpoint(source):
             raise errors.Unsupported("third-party copy only between S3 sites on the same "
                                      "endpoint with the same credentials", src)

@@ -358,11 +358,15 @@ class TransferEngine:
               and Capability.THIRD_PARTY_COPY in target.capabilities
               and Capability.THIRD_PARTY_COPY in source.capabilities):
             try:
-                verified = target.copy_from(source, src, dst, overwrite=True, checksum=alg)
+                verified = target.copy_from(source, src, dst, overwrite=True, checksum=alg,
+                                            cancel=ctl.stop)
                 server_side = True
             except errors.Unsupported as exc:  # e.g. two S3 endpoints: stream instead
                 log.info("transfer %s: no third-party path (%s); streaming", ctl.job_id,
                          exc.message)
+            except errors.AdaptorError:
+                ctl.check()  # stopped by a cancel (or a lost lease): say so, not "failed"
+                raise
         if server_side:
             n = target.stat(dst).size
             state["committed"].append(dst)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import urllib.parse
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +153,49 @@ def test_cancel_of_a_tree_removes_what_it_made(tmp_path):
     assert status == "cancelled"
     assert not (tmp_path / "b" / "t").exists()
     store.close()
+
+
+def test_cancel_stops_a_gridftp_third_party_job(gridftp_server, gridftp_server_b, tmp_path):
+    """A GridFTP-to-GridFTP job runs server to server; a cancel stops it within
+    seconds (not when the copy would have ended), status cancelled, nothing left
+    at the target."""
+    from adaptors import create_adaptor
+    from adaptors.base import AdaptorContext
+
+    ctx = AdaptorContext(data_dir=tmp_path)
+    a = create_adaptor(gridftp_server.site("ja"), ctx)
+    b = create_adaptor(gridftp_server_b.site("jb"), ctx)
+    def local(adaptor) -> Path:
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(adaptor.url("/")).path))
+
+    with open(local(a) / "f", "wb") as fh:  # 8 GiB, sparse: the servers need seconds
+        fh.truncate(8 << 30)
+    os.chmod(local(a) / "f", 0o644)
+    folder = local(b)
+    store = SQLiteStore(tmp_path / "s.db")
+    job = _job(store)
+    ctl = JobControl(job, "w", store, 30)
+    stopped_at: list[float] = []
+
+    def cancel_once_data_flows() -> None:
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            if any(p.stat().st_size > 0 for p in folder.iterdir()):
+                stopped_at.append(time.monotonic())
+                ctl.request_stop("cancelled")
+                return
+            time.sleep(0.002)
+
+    t = threading.Thread(target=cancel_once_data_flows)
+    t.start()
+    try:
+        status, fields = TransferEngine(Config(), Fed(a=a, b=b)).run(job, ctl)
+    finally:
+        t.join()
+    assert stopped_at, "the copy never started"
+    assert status == "cancelled", fields
+    assert time.monotonic() - stopped_at[0] < 5
+    assert list(folder.iterdir()) == []
+    store.close()
+    a.close()
+    b.close()
