@@ -9,6 +9,7 @@ Secrets are resolved once at config load.  The gateway's own secrets at rest
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -71,10 +72,21 @@ class SecretBox:
             return cls(configured)
         key_file = data_dir / "secret.key"
         if not key_file.exists():
+            # written whole under a private name, then linked into place: roles
+            # starting together on one data dir all end up with the same key and
+            # none reads a half-written file
             data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(Fernet.generate_key())
+            tmp = data_dir / f".secret.key.{os.getpid()}.{os.urandom(4).hex()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(Fernet.generate_key())
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                with contextlib.suppress(FileExistsError):  # another process won
+                    os.link(tmp, key_file)
+            finally:
+                tmp.unlink(missing_ok=True)
         return cls(key_file.read_bytes().strip())
 
 
