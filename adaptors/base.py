@@ -19,7 +19,7 @@ import hashlib
 import posixpath
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -195,6 +195,13 @@ class Adaptor(ABC):
     def list(self, path: str) -> list[Entry]:
         """Entries directly inside directory ``path``, in one back-end round trip
         where the protocol allows.  :class:`errors.NotADirectory` for a file."""
+
+    def iter_list(self, path: str) -> Iterator[Entry]:
+        """:meth:`list` as an iterator.  Back ends that list in pages SHOULD
+        yield each page as it arrives (fetching the next meanwhile), so that a
+        big PROPFIND renders while the listing is still coming; errors as
+        :meth:`list`'s.  The default yields :meth:`list`'s entries."""
+        yield from self.list(path)
 
     @abstractmethod
     def open_read(self, path: str, offset: int = 0, length: int | None = None) -> Reader:

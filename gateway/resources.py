@@ -117,13 +117,12 @@ class SiteCollection(_SiteMixin, DAVCollection):
             raise
 
     def _iter_list(self) -> Iterator[Entry]:
-        """Like _list(), but page by page where the adaptor offers ``iter_list``
+        """Like _list(), page by page where the adaptor lists in pages
         (entries arrive while later pages are still being fetched)."""
         if self.down is not None:
             return
-        iter_list = getattr(self.adaptor, "iter_list", None)
         with dav_errors():
-            yield from (iter_list(self.rel) if iter_list else self.adaptor.list(self.rel))
+            yield from self.adaptor.iter_list(self.rel)
 
     def get_member_names(self) -> list[str]:
         return [e.name for e in self._list()]
