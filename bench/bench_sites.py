@@ -43,6 +43,35 @@ from fedgate.auth import hash_password
 USER, PW = "bench", "bench-password"
 
 
+OPS = ("put", "get", "propfind")
+Cases = dict[str, dict[str, Callable[[], Any]]]
+Samples = dict[tuple[str, str], list[float]]
+
+
+def interleaved(cases: Cases, rounds: list[tuple[str, ...]],
+                pids: dict[str, int] | None = None) -> tuple[Samples, Samples]:
+    """Run each round's operations for every contender in turn (so load from
+    other processes hits all alike): wall times per (contender, operation),
+    NaN for a failed run, and the CPU seconds the processes in ``pids`` used."""
+    times: Samples = {}
+    cpu: Samples = {}
+    pids = pids or {}
+    for ops_of_round in rounds:
+        for op in ops_of_round:
+            for who, ops in cases.items():
+                if op not in ops:
+                    continue
+                c0 = _cpu_s(pids[who]) if who in pids else 0.0
+                try:
+                    t = timed(ops[op], repeat=1)
+                except subprocess.CalledProcessError:
+                    t = float("nan")
+                times.setdefault((who, op), []).append(t)
+                if who in pids:
+                    cpu.setdefault((who, op), []).append(_cpu_s(pids[who]) - c0)
+    return times, cpu
+
+
 def big_file(work: Path, size_mib: int) -> Path:
     p = work / "big.bin"
     if not p.exists():
@@ -131,7 +160,7 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
                     "propfind": lambda: curl(*auth, "-X", "PROPFIND", "-H", "Depth: 1", "-o",
                                              "/dev/null", u + "/many/")}[op]
 
-        cases: dict[str, dict[str, Callable[[], Any]]] = {
+        cases: Cases = {
             "scp": {"put": lambda: subprocess.run(["scp", "-q", *ssh, str(src), target],
                                                   check=True),
                     "get": lambda: subprocess.run(["scp", "-q", *ssh, target,
@@ -141,18 +170,8 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
             "rclone": {op: dav(rurl, op, "rc.bin" if op != "propfind" else "")
                        for op in ("put", "get", "propfind")},
         }
-        times: dict[tuple[str, str], list[float]] = {}
         rss = RSSSampler(fg.pid)
-        for _ in range(3):
-            for op in ("put", "get", "propfind"):
-                for who, ops in cases.items():
-                    if op not in ops:
-                        continue
-                    try:
-                        t = timed(ops[op], repeat=1)
-                    except subprocess.CalledProcessError:
-                        t = float("nan")
-                    times.setdefault((who, op), []).append(t)
+        times, _ = interleaved(cases, [OPS] * 3)
         rss_growth = rss.done()
         # 4 GETs of 4 different files at once, against one GET, through fedgate
         for i in range(4):
@@ -251,7 +270,7 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
                     "propfind": lambda: curl(*auth, "-X", "PROPFIND", "-H", "Depth: 1", "-o",
                                              "/dev/null", u + "/many/")}[op]
 
-        cases: dict[str, dict[str, Callable[[], Any]]] = {
+        cases: Cases = {
             "direct": {"put": lambda: fs.put_file(str(src), f"{srv.bucket}/direct.bin"),
                        "get": lambda: fs.get_file(f"{srv.bucket}/direct.bin",
                                                   str(work / "direct-get.bin"))},
@@ -259,23 +278,9 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
             "rclone": {op: dav(rurl, op, "rc.bin") for op in ("put", "get", "propfind")},
         }
         pids = {"fedgate": fg.pid, "rclone": rc.pid}
-        times: dict[tuple[str, str], list[float]] = {}
-        cpu: dict[tuple[str, str], list[float]] = {}
         rss = RSSSampler(fg.pid)
         # 3 rounds of everything, then 6 more of the (short, noisy) PROPFIND
-        for rnd in range(9):
-            for op in ("put", "get", "propfind") if rnd < 3 else ("propfind",):
-                for who, ops in cases.items():
-                    if op not in ops:
-                        continue
-                    c0 = _cpu_s(pids[who]) if who in pids else 0.0
-                    try:
-                        t = timed(ops[op], repeat=1)
-                    except subprocess.CalledProcessError:
-                        t = float("nan")
-                    times.setdefault((who, op), []).append(t)
-                    if who in pids:
-                        cpu.setdefault((who, op), []).append(_cpu_s(pids[who]) - c0)
+        times, cpu = interleaved(cases, [OPS] * 3 + [("propfind",)] * 6, pids)
         rss_growth = rss.done()
     finally:
         for proc in procs:
@@ -344,7 +349,7 @@ def bench_gridftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
         auth = ["-u", f"{USER}:{PW}"]
         curl(*auth, "-T", "/etc/hostname", url + "/warmup.txt")
         curl(*auth, "-o", "/dev/null", url + "/warmup.txt")
-        cases: dict[str, dict[str, Callable[[], Any]]] = {
+        cases: Cases = {
             "guc": {"put": guc(f"file://{src} {base}/guc.bin\n"),
                     "get": guc(f"{base}/guc.bin file://{work}/guc-get.bin\n")},
             "fedgate": {"put": lambda: curl(*auth, "-T", str(src), url + "/big.bin"),
@@ -352,18 +357,8 @@ def bench_gridftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
                         "propfind": lambda: curl(*auth, "-X", "PROPFIND", "-H", "Depth: 1",
                                                  "-o", "/dev/null", url + "/many/")},
         }
-        times: dict[tuple[str, str], list[float]] = {}
         rss = RSSSampler(fg.pid)
-        for _ in range(5):
-            for op in ("put", "get", "propfind"):
-                for who, ops in cases.items():
-                    if op not in ops:
-                        continue
-                    try:
-                        t = timed(ops[op], repeat=1)
-                    except subprocess.CalledProcessError:
-                        t = float("nan")
-                    times.setdefault((who, op), []).append(t)
+        times, _ = interleaved(cases, [OPS] * 5)
         rss_growth = rss.done()
     finally:
         if fg is not None:
