@@ -1059,6 +1059,7 @@ class _GridFTPWriter(Writer):
         self._failure: BaseException | None = None
         self._stop = False
         self._pump: threading.Thread | None = None
+        self._broken = False  # its session may be mid-abort: free, do not reuse
         self._ctx: Any = adaptor._acquire()
         try:
             with adaptor._translate(path):
@@ -1114,11 +1115,15 @@ class _GridFTPWriter(Writer):
                         rest = rest[n:]
         except BaseException as exc:
             self._failure = exc
-            while True:  # unblock a write() waiting on a full queue
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            self._drain()  # unblock a write() waiting on a full queue
+
+    def _drain(self) -> None:
+        """Drop the blocks still queued for the pump."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
 
     def _finish_pump(self, abort: bool) -> None:
         """Stop the pump (after the queued blocks, or at once on abort) and wait
@@ -1128,11 +1133,7 @@ class _GridFTPWriter(Writer):
             return
         if abort:
             self._stop = True
-            while True:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            self._drain()
         while pump.is_alive():
             try:
                 self._queue.put(None, timeout=1)
@@ -1202,7 +1203,7 @@ class _GridFTPWriter(Writer):
             self._finish_pump(abort=True)
         with contextlib.suppress(Exception):
             self._close_handle()
-        self._broken = True  # its session may be mid-abort: not for reuse
+        self._broken = True
         self._release()
         url = self._adaptor.url(self._tmp)
         with contextlib.suppress(errors.AdaptorError):
@@ -1211,7 +1212,7 @@ class _GridFTPWriter(Writer):
     def _release(self) -> None:
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
-            self._adaptor._release(ctx, broken=getattr(self, "_broken", False))
+            self._adaptor._release(ctx, broken=self._broken)
 
     def __del__(self) -> None:
         if not getattr(self, "_done", True):
