@@ -389,8 +389,9 @@ class TransferEngine:
             self._verify_blocks(ctl, target, dst, n, sink.block_crcs())
             return n, src_digest
         # a server-side copy: checksum both ends (server-side or read, in parallel)
-        if source.stat(src).size != n:
-            self._compare(target, dst, "size", str(source.stat(src).size), str(n))
+        src_size = source.stat(src).size
+        if src_size != n:
+            self._compare(target, dst, "size", str(src_size), str(n))
         if not alg:
             return n, None
         if verified:  # both servers computed ``alg`` during the copy and agreed
