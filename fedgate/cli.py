@@ -297,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
 TRIM_THRESHOLD_MIB = 16
 
 
+def _trim_threshold_mib() -> int:
+    """FEDGATE_MALLOC_TRIM_MIB when it is a whole number >= 0, else the default
+    (with a note on stderr: logging is not set up yet)."""
+    raw = os.environ.get("FEDGATE_MALLOC_TRIM_MIB")
+    if raw is None:
+        return TRIM_THRESHOLD_MIB
+    if raw.strip().isdigit():
+        return int(raw)
+    print(f"fedgate: FEDGATE_MALLOC_TRIM_MIB must be a whole number of MiB; using "
+          f"{TRIM_THRESHOLD_MIB}", file=sys.stderr)
+    return TRIM_THRESHOLD_MIB
+
+
 def tune_malloc() -> None:
     """Keep large buffers out of glibc's heap arenas.  Transfers allocate and
     free 1-8 MiB blocks from many threads; with glibc's dynamic mmap threshold
@@ -313,8 +326,7 @@ def tune_malloc() -> None:
         # a fixed mmap threshold leaves the trim threshold at 128 KiB: every freed
         # 1 MiB block went back to the kernel and the next one page-faulted in
         # again (half the CPU of a PUT).  Up to 16 MiB per arena stays mapped.
-        trim_mib = int(os.environ.get("FEDGATE_MALLOC_TRIM_MIB", TRIM_THRESHOLD_MIB))
-        libc.mallopt(m_trim_threshold, trim_mib * 1024 * 1024)
+        libc.mallopt(m_trim_threshold, _trim_threshold_mib() * 1024 * 1024)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
 

@@ -18,6 +18,20 @@ def fedgate(*args, stdin: str | None = None, cwd=None, timeout=60):
                           capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
+def test_malloc_trim_setting_from_the_environment(monkeypatch):
+    """A bad FEDGATE_MALLOC_TRIM_MIB is a one-line note and the default, never a
+    traceback; a good one is used."""
+    from fedgate import cli
+
+    monkeypatch.setenv("FEDGATE_MALLOC_TRIM_MIB", "4")
+    assert cli._trim_threshold_mib() == 4
+    env = {**os.environ, "FEDGATE_MALLOC_TRIM_MIB": "lots"}
+    r = subprocess.run([sys.executable, "-m", "fedgate.cli", "--version"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "FEDGATE_MALLOC_TRIM_MIB must be a whole number" in r.stderr
+
+
 def test_help_and_bad_usage():
     r = fedgate("--help")
     assert r.returncode == 0 and "serve" in r.stdout and "keygen" in r.stdout
