@@ -633,8 +633,13 @@ class _WritePipe:
     # -- loop side -----------------------------------------------------------------
     def _done(self, fut: asyncio.Future[int], size: int) -> None:
         exc = None if fut.cancelled() else fut.exception()
+        self._give_back(size, exc)
+
+    def _give_back(self, n: int, exc: BaseException | None = None) -> None:
+        """Return ``n`` bytes of budget (and record the first failure); wake the
+        waiting thread only once it can go on."""
         with self._cond:
-            self._budget += size
+            self._budget += n
             if exc is not None and self.error is None:
                 self.error = exc
             if self._waiting and (self._budget >= self._need or self.error is not None):
@@ -642,7 +647,7 @@ class _WritePipe:
 
     def feed(self, data: bytes) -> None:
         if self.cancelled or self.error is not None:
-            self._done_bytes(len(data))
+            self._give_back(len(data))
             return
         view = memoryview(data)  # slices share ``data`` (immutable): no copies
         block = self.block
@@ -656,11 +661,6 @@ class _WritePipe:
         while self.tasks and self.tasks[0].done():
             self.tasks.popleft()
 
-    def _done_bytes(self, n: int) -> None:
-        with self._cond:
-            self._budget += n
-            if self._waiting and self._budget >= self._need:
-                self._cond.notify()
 
     async def push(self, data: bytes) -> None:
         """Loop-side hand-over (commit's tail)."""
