@@ -40,7 +40,8 @@ Reads
     aware UTC.
 
 Listings
-    ListObjectsV2 pages (1,000 keys each) are signed, sent and retried by
+    ListObjectsV2 pages (``list_page_keys`` keys asked for, 10,000 by
+    default; AWS sends at most 1,000) are signed, sent and retried by
     botocore, but their bodies skip botocore's generic XML parse and its
     second parse looking for an error document (together ~80% of a big
     listing's time, and most of its garbage-collection churn): the response
@@ -349,10 +350,7 @@ def parse_listing(body: bytes) -> Listing:
     listing = None
     if b"<![CDATA[" not in body and b"<!--" not in body:
         listing = _scan_listing(body.decode("utf-8"))
-    if listing is None:
-        listing = _tree_listing(body)
-    contents, prefixes, truncated, token = listing
-    return contents, prefixes, truncated, token
+    return listing if listing is not None else _tree_listing(body)
 
 
 #: the children of a listed object read by the scan, and how
