@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.client
 import logging
 import math
 import mimetypes
@@ -117,6 +118,7 @@ from adaptors.base import (
     base_name,
     parent_of,
 )
+from adaptors.s3_direct import DirectBody, DirectGets, enabled_for
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -224,7 +226,7 @@ def translate_error(exc: BaseException, path: str = "", bucket: str = "",
     if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
         return errors.Transient(f"connection to {endpoint} failed: "
                                 f"{exc.__class__.__name__}{where}", path)
-    if isinstance(exc, ConnectionError):
+    if isinstance(exc, ConnectionError | http.client.HTTPException):
         return errors.Transient(f"connection to {endpoint} failed{where}", path)
     if isinstance(exc, OSError):
         # e.g. an unreadable CA bundle while setting up the client
@@ -588,28 +590,34 @@ def install_fast_listings(session: Any) -> None:
 
 # -- readers and writers ---------------------------------------------------------
 class _S3Reader:
-    """Streams the body of one GetObject.  One IO-loop hop per ``read`` of at
+    """Streams the body of one GET.  Usually the body is a :class:`DirectBody`
+    read with blocking calls in the caller's thread (``adaptors.s3_direct``);
+    otherwise it is aiobotocore's, with one IO-loop hop per ``read`` of at
     least ``READ_CHUNK`` bytes (smaller reads are served from a buffer of at
     most that size).  When the connection breaks mid-body, the rest is asked
-    for again (Range from the current position, If-Match the ETag) up to
-    ``RESUMES`` times, so a long download survives a transient fault."""
+    for again (Range from the current position, If-Match the ETag; directly
+    if the server answers so, else through botocore) up to ``RESUMES`` times,
+    so a long download survives a transient fault."""
 
     RESUMES = 3
 
     def __init__(self, adaptor: S3Adaptor, path: str, key: str, resp: dict[str, Any] | None,
-                 position: int, end: int | None) -> None:
+                 position: int, end: int | None, direct: DirectBody | None = None) -> None:
         self._adaptor = adaptor
         self._path = path
         self._key = key
         self._body: Any = resp["Body"] if resp else None
+        self._direct = direct
         self._etag: str | None = resp.get("ETag") if resp else None
         self._pos = position
         self._end = end  # exclusive end, None = to EOF
+        if direct is not None:
+            self._etag, self._end = direct.etag, direct.end
         self._buf = b""  # fetched but not yet returned: self._buf[self._off:]
         self._off = 0
         self._resumes = 0
         self._pid = os.getpid()
-        self._closed = self._body is None
+        self._closed = self._body is None and direct is None
 
     async def _fill(self, size: int) -> bytes:
         parts: list[bytes] = []
@@ -634,7 +642,8 @@ class _S3Reader:
     async def _reopen(self) -> None:
         old, self._body = self._body, None
         try:
-            old.close()
+            if old is not None:
+                old.close()
         except Exception as exc:
             log.debug("closing a broken response failed: %s", exc.__class__.__name__)
         s3 = await self._adaptor._client()
@@ -646,11 +655,33 @@ class _S3Reader:
         resp = await s3.get_object(**kwargs)
         self._body = resp["Body"]
 
+    def _read_direct(self, size: int) -> bytes:
+        while (body := self._direct) is not None:
+            try:
+                data = body.read(size)
+            except (OSError, http.client.HTTPException) as exc:
+                body.close()
+                self._direct = None
+                if self._resumes >= self.RESUMES:
+                    raise self._adaptor._translate(exc, self._path) from exc
+                self._resumes += 1
+                self._direct = self._adaptor._direct_get(self._path, self._key, self._pos,
+                                                         self._end, self._etag)
+                if self._direct is None:  # the server would not: ask through botocore
+                    self._adaptor._run(self._reopen(), self._path)
+                    return self.read(size)
+                continue
+            self._pos += len(data)
+            return data
+        return self.read(size)
+
     def read(self, size: int = -1) -> bytes:
         if self._closed:
             return b""
         if size == 0:
             return b""
+        if self._direct is not None:
+            return self._read_direct(size)
         buffered = len(self._buf) - self._off
         if size < 0:
             data = self._buf[self._off:] + self._adaptor._run(self._fill(1 << 62), self._path)
@@ -672,6 +703,9 @@ class _S3Reader:
             return
         self._closed = True
         self._buf = b""
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
         body, self._body = self._body, None
         if body is None or self._pid != os.getpid():  # inherited over fork: the parent's
             return
@@ -963,6 +997,8 @@ class S3Adaptor(Adaptor):
         self._finalizer: weakref.finalize | None = None
         max_conn = int(opt.get("max_connections") or 8)
         self._pool_size = max(4 * max_conn, 2 * self.upload_concurrency + 4)
+        self._direct_gets: DirectGets | None = None  # decided at the first GET
+        self._direct_ok: bool | None = None
 
     def _validate(self) -> str | None:
         if not self.bucket:
@@ -1123,6 +1159,8 @@ class S3Adaptor(Adaptor):
         return client
 
     def close(self) -> None:
+        if self._direct_gets is not None:
+            self._direct_gets.close()
         with self._fs_lock:
             fs, self._fs = self._fs, None
             self._client_obj = None
@@ -1130,6 +1168,33 @@ class S3Adaptor(Adaptor):
         if finalizer is not None:
             finalizer()  # runs _close_client once
         del fs
+
+    # -- direct GET bodies (adaptors.s3_direct) ---------------------------------------------
+    async def _presign_get(self, key: str) -> str:
+        s3 = await self._client()
+        url: str = await s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=900)
+        return url
+
+    def _direct_get(self, path: str, key: str, start: int, end: int | None,
+                    etag: str | None) -> DirectBody | None:
+        """The body of a GET read in the calling thread, or ``None`` to use botocore
+        (not enabled here, or the server's answer was not a plain 200/206)."""
+        if self._direct_ok is False:
+            return None
+        url = self._run(self._presign_get(key), path)
+        if self._direct_ok is None:
+            self._direct_ok = enabled_for(url)
+            if not self._direct_ok:
+                return None
+        gets = self._direct_gets
+        if gets is None:
+            gets = self._direct_gets = DirectGets(
+                float(self.options.get("connect_timeout") or 5),
+                float(self.options.get("read_timeout") or 60),
+                verify_tls=bool(self.options.get("verify_tls", True)),
+                ca_bundle=self.options.get("ca_bundle") or None)
+        return gets.get(url, start, end, etag)
 
     # -- key mapping ------------------------------------------------------------------
     def _key(self, path: str) -> str:
@@ -1539,6 +1604,10 @@ class S3Adaptor(Adaptor):
         if length is not None and length <= 0:
             self.stat(path)  # still NotFound for a missing file
             return _S3Reader(self, path, key, None, offset, offset)
+        end = None if length is None else offset + length
+        direct = self._direct_get(path, key, offset, end, None)
+        if direct is not None:
+            return _S3Reader(self, path, key, None, offset, end, direct)
 
         async def go() -> dict[str, Any] | None:
             from botocore.exceptions import ClientError
@@ -1562,8 +1631,7 @@ class S3Adaptor(Adaptor):
             return resp
 
         resp = self._run(go(), path)
-        return _S3Reader(self, path, key, resp, offset,
-                         None if length is None else offset + length)
+        return _S3Reader(self, path, key, resp, offset, end)
 
     def open_write(self, path: str, size_hint: int | None = None) -> Writer:
         self.check_writable(path)

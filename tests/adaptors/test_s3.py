@@ -462,14 +462,9 @@ def test_parse_timestamp() -> None:
     assert parse_timestamp("Sun, 22 Nov 2026 04:20:39 GMT").tzinfo is UTC
 
 
-def test_read_resumes_after_broken_connection(adaptor: S3Adaptor) -> None:
-    data = os.urandom(6 * MiB + 11)
-    put(adaptor, "/resume", data, chunk=MiB)
-    r = adaptor.open_read("/resume", 5, len(data) - 10)
+def _drain_after_break(r: Any, brk: Any) -> bytes:
     first = r.read(MiB)
-    # break the connection under the reader, as a network fault would
-    body = r._body  # type: ignore[attr-defined]
-    adaptor._run(_close_soon(body))
+    brk()  # break the connection under the reader, as a network fault would
     rest = b""
     while True:
         b = r.read(8192)
@@ -477,12 +472,93 @@ def test_read_resumes_after_broken_connection(adaptor: S3Adaptor) -> None:
             break
         rest += b
     r.close()
-    assert first + rest == data[5:-5]
+    return bytes(first + rest)
+
+
+def _shutdown(r: Any) -> None:
+    import socket
+
+    r._direct._conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+def test_get_bodies_bypass_aiobotocore(adaptor: S3Adaptor) -> None:
+    """GET bodies are read straight from a pooled socket; a fully read body
+    hands its connection back for the next GET."""
+    data = os.urandom(3 * MiB + 7)
+    put(adaptor, "/direct", data)
+    for _ in range(3):
+        r = adaptor.open_read("/direct")
+        assert r._direct is not None  # type: ignore[attr-defined]
+        assert r.read(-1) == data
+        r.close()
+    idle = adaptor._direct_gets._idle  # type: ignore[union-attr]
+    assert sum(len(v) for v in idle.values()) == 1
+    assert get(adaptor, "/direct", 5, 10) == data[5:15]
+    assert get(adaptor, "/direct", len(data) - 3) == data[-3:]
+
+
+def test_direct_get_can_be_turned_off(adaptor: S3Adaptor,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDGATE_S3_DIRECT_GET", "0")
+    put(adaptor, "/off", b"botocore body")
+    r = adaptor.open_read("/off")
+    assert r._direct is None and r._body is not None  # type: ignore[attr-defined]
+    assert r.read(-1) == b"botocore body"
+    r.close()
+
+
+def test_read_resumes_after_broken_connection(adaptor: S3Adaptor) -> None:
+    data = os.urandom(6 * MiB + 11)
+    put(adaptor, "/resume", data, chunk=MiB)
+    r = adaptor.open_read("/resume", 5, len(data) - 10)
+    assert _drain_after_break(r, lambda: _shutdown(r)) == data[5:-5]
+    assert r._resumes == 1  # type: ignore[attr-defined]
+
+
+def test_resume_falls_back_to_botocore(adaptor: S3Adaptor,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken direct body whose direct resume is not possible continues
+    through botocore (Range + If-Match) without losing or repeating a byte."""
+    data = os.urandom(6 * MiB + 11)
+    put(adaptor, "/resume", data, chunk=MiB)
+    r = adaptor.open_read("/resume")
+
+    def brk() -> None:
+        _shutdown(r)
+        monkeypatch.setattr(adaptor, "_direct_get", lambda *a: None)
+
+    assert _drain_after_break(r, brk) == data
+    assert r._resumes == 1 and r._body is None  # type: ignore[attr-defined]
+
+
+def test_botocore_read_resumes_after_broken_connection(
+        adaptor: S3Adaptor, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDGATE_S3_DIRECT_GET", "0")
+    data = os.urandom(6 * MiB + 11)
+    put(adaptor, "/resume", data, chunk=MiB)
+    r = adaptor.open_read("/resume", 5, len(data) - 10)
+    body = r._body  # type: ignore[attr-defined]
+    assert _drain_after_break(r, lambda: adaptor._run(_close_soon(body))) == data[5:-5]
     assert r._resumes == 1  # type: ignore[attr-defined]
 
 
 async def _close_soon(body: Any) -> None:
     body.close()
+
+
+def test_direct_resume_refuses_a_replaced_object(adaptor: S3Adaptor) -> None:
+    """If-Match on the resumed request: an object replaced mid-read is an
+    error, never a body stitched from two versions."""
+    data = os.urandom(6 * MiB)
+    put(adaptor, "/changing", data)
+    r = adaptor.open_read("/changing")
+    assert r.read(MiB) == data[:MiB]
+    put(adaptor, "/changing", os.urandom(6 * MiB))
+    _shutdown(r)
+    with pytest.raises(errors.AdaptorError):
+        while r.read(MiB):
+            pass
+    r.close()
 
 
 def test_requests_run_on_the_io_thread(adaptor: S3Adaptor) -> None:
