@@ -1198,7 +1198,10 @@ class S3Adaptor(Adaptor):
                 float(self.options.get("read_timeout") or 60),
                 verify_tls=bool(self.options.get("verify_tls", True)),
                 ca_bundle=self.options.get("ca_bundle") or None)
-        return gets.get(url, start, end, etag)
+        body = gets.get(url, start, end, etag)
+        if gets.tls_failed:
+            self._direct_ok = False
+        return body
 
     # -- key mapping ------------------------------------------------------------------
     def _key(self, path: str) -> str:

@@ -115,6 +115,7 @@ class DirectGets:
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self.tls_failed = False
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -189,6 +190,12 @@ class DirectGets:
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
+                if isinstance(exc, ssl.SSLError):
+                    # same bundle as botocore's, yet refused: never try again here
+                    self.tls_failed = True
+                    log.info("direct S3 GETs off for %s: TLS failed (%s); using botocore",
+                             key[1], exc.__class__.__name__)
+                    return None
                 if reused:
                     continue
                 log.debug("direct S3 GET could not be sent (%s); using botocore",

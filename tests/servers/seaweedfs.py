@@ -69,6 +69,7 @@ class SeaweedFS:
     bucket: str
     log_path: Path
     process: subprocess.Popen[bytes]
+    ca_bundle: str | None = None  # the certificate, for an https endpoint
 
     def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
         """A plain (sync) botocore client for checking what the server holds."""
@@ -77,6 +78,7 @@ class SeaweedFS:
 
         return botocore.session.get_session().create_client(
             "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+            verify=self.ca_bundle,
             aws_access_key_id=access_key or self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3},
@@ -90,6 +92,8 @@ class SeaweedFS:
             "secret_access_key": self.secret_key, "region": "us-east-1",
             "addressing_style": "path",
         }
+        if self.ca_bundle:
+            opts["ca_bundle"] = self.ca_bundle
         opts.update(extra)
         return opts
 
@@ -193,8 +197,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_seaweedfs(base: Path, weed: str) -> SeaweedFS:
-    """Start ``weed server`` (retrying with new ports if one got taken)."""
+def self_signed_cert(base: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1 (``openssl req``): (cert, key)."""
+    cert, key = base / "s3-cert.pem", base / "s3-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def start_seaweedfs(base: Path, weed: str, tls: tuple[Path, Path] | None = None) -> SeaweedFS:
+    """Start ``weed server`` (retrying with new ports if one got taken); with
+    ``tls`` = (cert, key) its S3 port speaks https."""
     access, secret = "fedgate" + secrets.token_hex(4), secrets.token_hex(16)
     conf = base / "s3.json"
     conf.write_text(json.dumps({"identities": [{
@@ -213,11 +227,15 @@ def start_seaweedfs(base: Path, weed: str) -> SeaweedFS:
                "-s3", f"-s3.port={s3}", f"-s3.config={conf}",
                "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
                "-master.volumeSizeLimitMB=1024", "-volume.max=64"]
+        if tls is not None:
+            cmd += [f"-s3.cert.file={tls[0]}", f"-s3.key.file={tls[1]}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         with open(log, "wb") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, preexec_fn=_die_with_parent)
-        server = SeaweedFS(f"http://127.0.0.1:{s3}", access, secret, BUCKET, log, proc)
+        scheme = "http" if tls is None else "https"
+        server = SeaweedFS(f"{scheme}://127.0.0.1:{s3}", access, secret, BUCKET, log, proc,
+                           None if tls is None else str(tls[0]))
         try:
             _wait_ready(server, time.monotonic() + 90)
             return server
