@@ -199,15 +199,11 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
     def med(who: str, op: str) -> float:
         return statistics.median(times[(who, op)])
 
-    f = {op: med("fedgate", op) for op in ("put", "get", "propfind")}
-    f["rss"] = rss_growth
-    r = {op: med("rclone", op) for op in ("put", "get", "propfind")}
-    out = rows("sftp", size_mib, files, f, r, {"get": med("scp", "get"),
-                                               "put": med("scp", "put")}, "scp")
-    nf = med("nofsync", "put")
+    out = medians_rows("sftp", size_mib, files, times, rss_growth, "scp", "scp")
+    nf, rput = med("nofsync", "put"), med("rclone", "put")
     out.insert(2, ["sftp", f"PUT {size_mib} MiB, fsync: false (s)", f"{nf:.2f}",
-                   f"{r['put']:.2f}", f"{med('scp', 'put'):.2f} (scp)",
-                   f"{r['put'] / nf:.2f}x", f"{med('scp', 'put') / nf:.2f}x"])
+                   f"{rput:.2f}", f"{med('scp', 'put'):.2f} (scp)",
+                   f"{rput / nf:.2f}x", f"{med('scp', 'put') / nf:.2f}x"])
     o, p4 = statistics.median(one), statistics.median(par)
     out.append(["sftp", f"1 GET vs 4 parallel GETs of {size_mib} MiB (s)", f"{o:.2f} / {p4:.2f}",
                 "", "", "", f"aggregate {4 * size_mib / p4:.0f} vs {size_mib / o:.0f} MiB/s"])
@@ -287,17 +283,10 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
             stop(proc)
         stop_seaweedfs(srv)
 
-    def med(who: str, op: str) -> float:
-        return statistics.median(times[(who, op)])
-
     def med_cpu(who: str, op: str) -> float:
         return statistics.median(cpu[(who, op)])
 
-    f = {op: med("fedgate", op) for op in ("put", "get", "propfind")}
-    f["rss"] = rss_growth
-    r = {op: med("rclone", op) for op in ("put", "get", "propfind")}
-    out = rows("s3", size_mib, files, f, r, {"get": med("direct", "get"),
-                                             "put": med("direct", "put")}, "s3fs direct")
+    out = medians_rows("s3", size_mib, files, times, rss_growth, "direct", "s3fs direct")
     out.append(["s3", "server CPU per op: GET / PUT / PROPFIND (s)",
                 " / ".join(f"{med_cpu('fedgate', op):.2f}" for op in ("get", "put", "propfind")),
                 " / ".join(f"{med_cpu('rclone', op):.2f}" for op in ("get", "put", "propfind")),
@@ -373,6 +362,20 @@ def bench_gridftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
     return rows("gridftp (ftp://)", size_mib, files, f, None,
                 {"get": med[("guc", "get")], "put": med[("guc", "put")]},
                 "globus-url-copy")
+
+
+def medians_rows(kind: str, size_mib: int, files: int, times: Samples, rss_growth: float,
+                 direct_who: str, direct_name: str) -> list[list[str]]:
+    """:func:`rows` from the median of each (contender, operation)'s rounds:
+    fedgate and rclone for every operation, ``direct_who`` for GET and PUT."""
+    import statistics
+
+    def med(who: str, ops: tuple[str, ...]) -> dict[str, float]:
+        return {op: statistics.median(times[(who, op)]) for op in ops}
+
+    f = {**med("fedgate", OPS), "rss": rss_growth}
+    return rows(kind, size_mib, files, f, med("rclone", OPS), med(direct_who, ("get", "put")),
+                direct_name)
 
 
 def rows(kind: str, size_mib: int, files: int, f: dict[str, float], r: dict[str, float] | None,
