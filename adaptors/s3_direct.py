@@ -64,21 +64,16 @@ class DirectBody:
         self._key = key
         self._conn: http.client.HTTPConnection | None = conn
         self._resp = resp
-        self.start = start  # first byte of the body in the object
         self.end = end  # exclusive end of the body in the object
         self.etag = etag
         self._left = end - start
-
-    @property
-    def remaining(self) -> int:
-        return self._left
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all that is left for ``size < 0``).  Raises
         ``OSError``/``http.client.HTTPException`` on a fault, and ``ConnectionError``
         when the server closed the body early."""
         if self._left <= 0:
-            self._release()
+            self.close()
             return b""
         want = self._left if size < 0 else min(size, self._left)
         data = self._resp.read(want)
@@ -86,16 +81,12 @@ class DirectBody:
             raise ConnectionError("the S3 server closed the body early")
         self._left -= len(data)
         if self._left <= 0:
-            self._release()
+            self.close()
         return data
 
-    def _release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._pool.give_back(self._key, conn, reusable=self._resp.isclosed())
-
     def close(self) -> None:
-        """Drop the body: a connection with unread bytes is closed, not reused."""
+        """Done with the body: the connection goes back to the pool when the body
+        was read to its end, else it is closed."""
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool.give_back(self._key, conn, reusable=self._left <= 0
