@@ -659,8 +659,8 @@ class _S3Reader:
         resp = await s3.get_object(**kwargs)
         self._body = resp["Body"]
 
-    def _read_direct(self, size: int) -> bytes:
-        while (body := self._direct) is not None:
+    def _read_direct(self, body: DirectBody, size: int) -> bytes:
+        while True:
             try:
                 data = body.read(size)
             except (OSError, http.client.HTTPException) as exc:
@@ -669,15 +669,15 @@ class _S3Reader:
                 if self._resumes >= self.RESUMES:
                     raise self._adaptor._translate(exc, self._path) from exc
                 self._resumes += 1
-                self._direct = self._adaptor._direct_get(self._path, self._key, self._pos,
-                                                         self._end, self._etag)
-                if self._direct is None:  # the server would not: ask through botocore
+                resumed = self._adaptor._direct_get(self._path, self._key, self._pos,
+                                                    self._end, self._etag)
+                if resumed is None:  # the server would not: ask through botocore
                     self._adaptor._run(self._reopen(), self._path)
                     return self.read(size)
+                body = self._direct = resumed
                 continue
             self._pos += len(data)
             return data
-        return self.read(size)
 
     def read(self, size: int = -1) -> bytes:
         if self._closed:
@@ -685,7 +685,7 @@ class _S3Reader:
         if size == 0:
             return b""
         if self._direct is not None:
-            return self._read_direct(size)
+            return self._read_direct(self._direct, size)
         buffered = len(self._buf) - self._off
         if size < 0:
             data = self._buf[self._off:] + self._adaptor._run(self._fill(1 << 62), self._path)
@@ -1001,8 +1001,12 @@ class S3Adaptor(Adaptor):
         self._finalizer: weakref.finalize | None = None
         max_conn = int(opt.get("max_connections") or 8)
         self._pool_size = max(4 * max_conn, 2 * self.upload_concurrency + 4)
-        self._direct_gets: DirectGets | None = None  # decided at the first GET
-        self._direct_ok: bool | None = None
+        self.connect_timeout = float(opt.get("connect_timeout") or 5)
+        self.read_timeout = float(opt.get("read_timeout") or 60)
+        self._direct_gets = DirectGets(self.connect_timeout, self.read_timeout,
+                                       verify_tls=bool(opt.get("verify_tls", True)),
+                                       ca_bundle=opt.get("ca_bundle") or None)
+        self._direct_ok: bool | None = None  # proxies checked at the first GET
 
     def _validate(self) -> str | None:
         if not self.bucket:
@@ -1103,8 +1107,8 @@ class S3Adaptor(Adaptor):
         import s3fs
 
         config: dict[str, Any] = {
-            "connect_timeout": float(self.options.get("connect_timeout") or 5),
-            "read_timeout": float(self.options.get("read_timeout") or 60),
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
             "retries": {"max_attempts": max(1, int(self.options.get("max_attempts") or 3)),
                         "mode": "standard"},
             "max_pool_connections": self._pool_size,
@@ -1163,8 +1167,7 @@ class S3Adaptor(Adaptor):
         return client
 
     def close(self) -> None:
-        if self._direct_gets is not None:
-            self._direct_gets.close()
+        self._direct_gets.close()
         with self._fs_lock:
             fs, self._fs = self._fs, None
             self._client_obj = None
@@ -1184,24 +1187,14 @@ class S3Adaptor(Adaptor):
                     etag: str | None) -> DirectBody | None:
         """The body of a GET read in the calling thread, or ``None`` to use botocore
         (not enabled here, or the server's answer was not a plain 200/206)."""
-        if self._direct_ok is False:
+        if self._direct_ok is False or self._direct_gets.tls_failed:
             return None
         url = self._run(self._presign_get(key), path)
         if self._direct_ok is None:
             self._direct_ok = enabled_for(url)
             if not self._direct_ok:
                 return None
-        gets = self._direct_gets
-        if gets is None:
-            gets = self._direct_gets = DirectGets(
-                float(self.options.get("connect_timeout") or 5),
-                float(self.options.get("read_timeout") or 60),
-                verify_tls=bool(self.options.get("verify_tls", True)),
-                ca_bundle=self.options.get("ca_bundle") or None)
-        body = gets.get(url, start, end, etag)
-        if gets.tls_failed:
-            self._direct_ok = False
-        return body
+        return self._direct_gets.get(url, start, end, etag)
 
     # -- key mapping ------------------------------------------------------------------
     def _key(self, path: str) -> str:

@@ -491,7 +491,7 @@ def test_get_bodies_bypass_aiobotocore(adaptor: S3Adaptor) -> None:
         assert r._direct is not None  # type: ignore[attr-defined]
         assert r.read(-1) == data
         r.close()
-    idle = adaptor._direct_gets._idle  # type: ignore[union-attr]
+    idle = adaptor._direct_gets._idle
     assert sum(len(v) for v in idle.values()) == 1
     assert get(adaptor, "/direct", 5, 10) == data[5:15]
     assert get(adaptor, "/direct", len(data) - 3) == data[-3:]
