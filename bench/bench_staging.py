@@ -109,11 +109,14 @@ class Pair:
     dst: str
     reads: list[float] = field(default_factory=list)
     writes: list[float] = field(default_factory=list)
-    copies: list[float] = field(default_factory=list)
-    reported: list[float] = field(default_factory=list)
     cores: dict[str, list[float]] = field(default_factory=dict)
     """cores busy (whole machine) during each raw read, raw write and job"""
     jobs: list[dict[str, Any]] = field(default_factory=list)
+    """the final document of each round's copy job"""
+
+    def copies(self, size: int) -> list[float]:
+        """Bytes/s of each job, from its own start and end times."""
+        return [size / (ts(j["finished_at"]) - ts(j["started_at"])) for j in self.jobs]
 
 
 def make_pair(name: str) -> Pair:
@@ -302,13 +305,12 @@ def main() -> int:
                     assert job["status"] == "succeeded", job
                     p.cores.setdefault("copy", []).append(cores)
                     assert job["checksum"]["sha256"] == want.hexdigest(), job
-                    p.copies.append(size / (ts(job["finished_at"]) - ts(job["started_at"])))
-                    p.reported.append(job["rate_bps"])
                     p.jobs.append(job)
                     dst.remove(p.dst)
             for p in pairs:
                 read_rate, write_rate = statistics.median(p.reads), statistics.median(p.writes)
-                copy_rate = statistics.median(p.copies)
+                copies = p.copies(size)
+                copy_rate = statistics.median(copies)
                 ratio = copy_rate / min(read_rate, write_rate)
                 busy = {k: statistics.median(v) for k, v in p.cores.items()}
                 target = adaptors[p.dst_site]
@@ -325,8 +327,8 @@ def main() -> int:
                 print(f"{p.name} rounds MiB/s: read "
                       + " ".join(f"{x / MiB:.0f}" for x in p.reads) + "; write "
                       + " ".join(f"{x / MiB:.0f}" for x in p.writes) + "; copy "
-                      + " ".join(f"{x / MiB:.0f}" for x in p.copies) + "; rate_bps "
-                      + " ".join(f"{x / MiB:.0f}" for x in p.reported), file=sys.stderr)
+                      + " ".join(f"{x / MiB:.0f}" for x in copies) + "; rate_bps "
+                      + " ".join(f"{j['rate_bps'] / MiB:.0f}" for j in p.jobs), file=sys.stderr)
             for name, reason in skipped:
                 rows.append((f"{name}: skipped", reason, "", ""))
             # -- 4. webhook delay ---------------------------------------------------------
