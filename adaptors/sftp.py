@@ -28,6 +28,11 @@ Shape:
   connection.
 * Same-site ``copy`` uses the ``copy-data`` extension when the server offers
   it (OpenSSH >= 9.0); only then does the instance declare SERVER_COPY.
+* ``checksum`` asks the server: ``sha256sum`` (``md5sum``, ``sha1sum``,
+  ``sha512sum``) over an SSH exec channel, the path on stdin to ``xargs -0``
+  so that no shell parses it.  An account that may not run commands, or lacks
+  them, is asked once and then the site says None (copies are then verified by
+  reading back); ``server_checksums: false`` never asks.
 * Authentication uses the gateway's own key (see :mod:`adaptors.keys`), or
   ``key_file``; a ``password`` is used once to install the gateway key.
 """
@@ -41,6 +46,7 @@ import contextlib
 import functools
 import logging
 import posixpath
+import re
 import stat as stat_mod
 import threading
 import time
@@ -120,6 +126,22 @@ def _cipher_list() -> list[str]:
 _CIPHERS = _cipher_list()
 
 # -- error translation (the one place) --------------------------------------------
+
+#: server-side digest commands (coreutils), by checksum algorithm
+_DIGEST_COMMANDS = {"sha256": "sha256sum", "sha1": "sha1sum", "md5": "md5sum",
+                    "sha512": "sha512sum"}
+#: ``<hex>  <name>``; a name with a backslash or newline makes coreutils start
+#: the line with a backslash
+_DIGEST_LINE = re.compile(rb"\\?([0-9a-fA-F]{32,128}) [ *]")
+
+
+def _no_digest(adaptor: SFTPAdaptor, why: str) -> None:
+    """The site cannot hash files itself: say so once, then stop asking."""
+    if adaptor.server_checksums:
+        adaptor.server_checksums = False
+        log.info("site %s: no server-side checksums (%s); copies are verified by "
+                 "reading back", adaptor.name, why)
+
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncssh.DisconnectError, asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection,
@@ -772,8 +794,12 @@ class SFTPAdaptor(Adaptor):
         "fsync": OptionSpec(bool, default=True,
                             help="flush uploads to the server's disk before they are renamed "
                                  "into place (fsync@openssh.com); false is faster, like scp"),
+        "server_checksums": OptionSpec(bool, default=True,
+                                       help="checksums computed on the server (sha256sum, "
+                                       "md5sum... run over SSH) when the account may run "
+                                       "commands; else copies are verified by reading back"),
     }
-    capabilities = Capability.ATOMIC_RENAME
+    capabilities = Capability.ATOMIC_RENAME | Capability.CHECKSUM
 
     def __init__(self, name: str, options: Mapping[str, Any], context: AdaptorContext) -> None:
         opts = dict(options)
@@ -788,6 +814,8 @@ class SFTPAdaptor(Adaptor):
         self.key_file: str | None = opts.get("key_file") or None
         self.max_connections = max(1, int(opts.get("max_connections") or 8))
         self.fsync = bool(opts.get("fsync", True))
+        #: False once the server showed it cannot run the digest commands
+        self.server_checksums = bool(opts.get("server_checksums", True))
         self.pin = keys.HostKeyPin(self.host, self.port, opts.get("host_key") or None,
                                    opts.get("known_hosts") or None,
                                    bool(opts.get("insecure_skip_host_key", False)))
@@ -1323,6 +1351,35 @@ class SFTPAdaptor(Adaptor):
         self._run(self._with(op, retry=False), src, timeout=None)
 
     # -- site health and the key ---------------------------------------------------------
+    def checksum(self, path: str, algorithm: str) -> str | None:
+        """The server's own digest of the file (``sha256sum`` and kin, over an SSH
+        exec channel), or None when the site cannot give one (no shell access,
+        an sftp-only account, no such command, or ``server_checksums: false``):
+        callers then read the file.  The command line is fixed; the path goes on
+        stdin to ``xargs -0``, so no shell ever parses it."""
+        command = _DIGEST_COMMANDS.get(algorithm.lower())
+        if command is None or not self.server_checksums:
+            return None
+        remote = self._remote(path).encode("utf-8", "surrogateescape")
+
+        async def op(_sftp: asyncssh.SFTPClient, session: _Session) -> str | None:
+            assert session.conn is not None
+            try:
+                done = await session.conn.run(f"xargs -0 {command} --", input=remote + b"\0",
+                                              encoding=None, check=False)
+            except asyncssh.ChannelOpenError:  # exec refused (e.g. a subsystem-only account)
+                _no_digest(self, "the server refused to run a command")
+                return None
+            out = done.stdout if isinstance(done.stdout, bytes) else b""
+            m = _DIGEST_LINE.match(out)
+            if done.exit_status == 0 and m:
+                return m.group(1).decode().lower()
+            if done.exit_status in (126, 127) or (done.exit_status == 0 and not m):
+                _no_digest(self, f"{command} is not available")
+            return None  # e.g. no such file: the caller's read says what is wrong
+
+        return self._run(self._with(op), path)
+
     def probe(self) -> None:
         """Fresh login (so that a revoked key shows at once), root exists and is a
         directory, and unless read-only a file can be created there."""

@@ -546,3 +546,45 @@ def test_listing_errors(adaptor) -> None:
         adaptor.list("/f")
     with pytest.raises(errors.NotFound):
         adaptor.list("/missing")
+
+
+# -- server-side checksums ----------------------------------------------------------------
+def test_server_checksums(adaptor: SFTPAdaptor, sshd_server: SSHServer) -> None:
+    """The server hashes the file itself (sha256sum and kin over SSH); a name
+    full of shell syntax reaches the command as data, never as shell input
+    (if a shell ran it, ``pwned`` would appear in the account's home)."""
+    import hashlib
+
+    data = os.urandom(3 * 1024 * 1024 + 1)
+    nasty = "/a b'\"$(touch pwned);`touch pwned` \n;touch pwned;*"
+    for path in ("/plain.bin", nasty):
+        put(adaptor, path, data)
+        assert adaptor.checksum(path, "sha256") == hashlib.sha256(data).hexdigest()
+        assert adaptor.checksum(path, "MD5") == hashlib.md5(data).hexdigest()
+    assert not (sshd_server.home / "pwned").exists()
+    assert adaptor.checksum("/plain.bin", "adler32") is None  # no such command: read instead
+    assert adaptor.checksum("/missing", "sha256") is None
+    assert adaptor.server_checksums  # a missing file says nothing about the server
+
+
+def test_server_checksums_off_or_unavailable(sftp_site: dict[str, Any], gateway_context: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``server_checksums: false`` never runs a command; a server without the
+    command is asked once, then the site verifies by reading back."""
+    import adaptors.sftp as sftp_mod
+
+    off = create_adaptor({**without(sftp_site, "key_file"), "server_checksums": False},
+                         gateway_context)
+    try:
+        put(off, "/f", b"x")
+        assert off.checksum("/f", "sha256") is None
+    finally:
+        off.close()
+    monkeypatch.setitem(sftp_mod._DIGEST_COMMANDS, "sha256", "no-such-digest-command")
+    a = create_adaptor(without(sftp_site, "key_file"), gateway_context)
+    try:
+        put(a, "/f", b"x")
+        assert a.checksum("/f", "sha256") is None
+        assert not a.server_checksums
+    finally:
+        a.close()
