@@ -580,11 +580,13 @@ def test_server_checksums_off_or_unavailable(sftp_site: dict[str, Any], gateway_
         assert off.checksum("/f", "sha256") is None
     finally:
         off.close()
-    monkeypatch.setitem(sftp_mod._DIGEST_COMMANDS, "sha256", "no-such-digest-command")
+    # an algorithm neither openssl nor any installed tool knows
+    monkeypatch.setitem(sftp_mod._DIGEST_COMMANDS, "nosuchalg", "no-such-digest-command")
     a = create_adaptor(without(sftp_site, "key_file"), gateway_context)
     try:
         put(a, "/f", b"x")
-        assert a.checksum("/f", "sha256") is None
+        assert a.checksum("/f", "nosuchalg") is None
         assert not a.server_checksums
+        assert a.checksum("/f", "sha256") is None  # not asked again
     finally:
         a.close()
