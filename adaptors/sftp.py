@@ -31,9 +31,10 @@ Shape:
 * ``checksum`` asks the server: ``openssl dgst`` where present, else
   ``sha256sum`` (``md5sum``, ``sha1sum``, ``sha512sum``), over an SSH exec
   channel.  The command line is fixed; the path goes on stdin to ``xargs -0``
-  and reaches the tool as an argument, never as shell input.  An account that may not run commands, or lacks
-  them, is asked once and then the site says None (copies are then verified by
-  reading back); ``server_checksums: false`` never asks.
+  and reaches the tool as an argument, never as shell input.  An account that
+  may not run commands, or lacks the tools, is asked once; from then on the
+  site answers None (copies are verified by reading back).
+  ``server_checksums: false`` never asks.
 * Authentication uses the gateway's own key (see :mod:`adaptors.keys`), or
   ``key_file``; a ``password`` is used once to install the gateway key.
 """
@@ -128,26 +129,18 @@ _CIPHERS = _cipher_list()
 
 # -- error translation (the one place) --------------------------------------------
 
-#: server-side digest commands (coreutils), by checksum algorithm
-_DIGEST_COMMANDS = {"sha256": "sha256sum", "sha1": "sha1sum", "md5": "md5sum",
-                    "sha512": "sha512sum"}
-#: ``<hex>  <name>``; a name with a backslash or newline makes coreutils start
-#: the line with a backslash
-_DIGEST_LINE = re.compile(rb"\\?([0-9a-fA-F]{32,128}) [ *]")
-
-
-def _no_digest(adaptor: SFTPAdaptor, why: str) -> None:
-    """The site cannot hash files itself: say so once, then stop asking."""
-    if adaptor.server_checksums:
-        adaptor.server_checksums = False
-        log.info("site %s: no server-side checksums (%s); copies are verified by "
-                 "reading back", adaptor.name, why)
-
-
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncssh.DisconnectError, asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection,
     asyncssh.ChannelOpenError, ConnectionError, BrokenPipeError, EOFError,
 )
+
+# -- server-side digests -------------------------------------------------------------
+#: the coreutils tool per checksum algorithm (``openssl dgst -ALG`` is tried first)
+_DIGEST_COMMANDS = {"sha256": "sha256sum", "sha1": "sha1sum", "md5": "md5sum",
+                    "sha512": "sha512sum"}
+#: ``<hex>  <name>`` or ``<hex> *<name>``; coreutils starts the line with a
+#: backslash for a name with a backslash or newline
+_DIGEST_LINE = re.compile(rb"\\?([0-9a-fA-F]{32,128}) [ *]")
 
 _SFTP_MAP: dict[type[asyncssh.SFTPError], type[errors.AdaptorError]] = {
     asyncssh.SFTPNoSuchFile: errors.NotFound,
@@ -796,9 +789,10 @@ class SFTPAdaptor(Adaptor):
                             help="flush uploads to the server's disk before they are renamed "
                                  "into place (fsync@openssh.com); false is faster, like scp"),
         "server_checksums": OptionSpec(bool, default=True,
-                                       help="checksums computed on the server (sha256sum, "
-                                       "md5sum... run over SSH) when the account may run "
-                                       "commands; else copies are verified by reading back"),
+                                       help="checksums computed on the server (openssl dgst "
+                                       "or sha256sum... run over SSH) when the account may "
+                                       "run commands; else copies are verified by reading "
+                                       "back"),
     }
     capabilities = Capability.ATOMIC_RENAME | Capability.CHECKSUM
 
@@ -1378,17 +1372,24 @@ class SFTPAdaptor(Adaptor):
                     command, input=remote.encode("utf-8", "surrogateescape") + b"\0",
                     encoding=None, check=False)
             except asyncssh.ChannelOpenError:  # exec refused (e.g. a subsystem-only account)
-                _no_digest(self, "the server refused to run a command")
+                self._digests_off("the server refused to run a command")
                 return None
             m = _DIGEST_LINE.match(done.stdout if isinstance(done.stdout, bytes) else b"")
             if done.exit_status == 0 and m:
                 return m.group(1).decode().lower()
             attrs = await self._stat_or_none(sftp, remote)
             if attrs is not None and not _is_dir(attrs):  # the file is there: no tool
-                _no_digest(self, f"neither openssl nor {tool} ran")
+                self._digests_off(f"neither openssl nor {tool} ran")
             return None  # no such file, a directory: the caller's read says what
 
         return self._run(self._with(op), path)
+
+    def _digests_off(self, why: str) -> None:
+        """The site cannot hash files itself: say so once, then stop asking."""
+        if self.server_checksums:
+            self.server_checksums = False
+            log.info("site %s: no server-side checksums (%s); copies are verified by "
+                     "reading back", self.name, why)
 
     def probe(self) -> None:
         """Fresh login (so that a revoked key shows at once), root exists and is a
