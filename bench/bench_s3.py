@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -216,6 +217,7 @@ def main() -> None:
             from tests.servers.seaweedfs import stop_seaweedfs
 
             stop_seaweedfs(server)
+            shutil.rmtree(server.log_path.parent, ignore_errors=True)
 
 
 def run_all(cfg: dict[str, Any], args: argparse.Namespace) -> None:

@@ -56,9 +56,14 @@ def interleaved(cases: Cases, rounds: list[tuple[str, ...]],
     times: Samples = {}
     cpu: Samples = {}
     pids = pids or {}
-    for ops_of_round in rounds:
+    names = list(cases)
+    for r, ops_of_round in enumerate(rounds):
+        # rotate who goes first: whoever runs right after a 1 GiB write would
+        # otherwise always share the cores with its page-cache writeback
+        order = names[r % len(names):] + names[:r % len(names)]
         for op in ops_of_round:
-            for who, ops in cases.items():
+            for who in order:
+                ops = cases[who]
                 if op not in ops:
                     continue
                 c0 = _cpu_s(pids[who]) if who in pids else 0.0
@@ -163,8 +168,8 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
         cases: Cases = {
             "scp": {"put": lambda: subprocess.run(["scp", "-q", *ssh, str(src), target],
                                                   check=True),
-                    "get": lambda: subprocess.run(["scp", "-q", *ssh, target,
-                                                   str(work / "scp-get.bin")], check=True)},
+                    "get": lambda: subprocess.run(["scp", "-q", *ssh, target, "/dev/null"],
+                                                  check=True)},
             "fedgate": {op: dav(url, op) for op in ("put", "get", "propfind")},
             "nofsync": {"put": dav(url_nf, "put", "big-nofsync.bin")},
             "rclone": {op: dav(rurl, op, "rc.bin" if op != "propfind" else "")
@@ -236,6 +241,7 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
     (work / "weed").mkdir()
     srv = start_seaweedfs(work / "weed", weed)
     procs: list[subprocess.Popen[bytes]] = []
+    shm_get: Path | None = None
     try:
         site = srv.site("bench/")
         fs = s3fs.S3FileSystem(key=srv.access_key, secret=srv.secret_key,
@@ -243,6 +249,7 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
                                               "region_name": "us-east-1"})
         fs.pipe({f"{srv.bucket}/bench/many/f{i:05d}.dat": b"x" for i in range(files)})
         src = big_file(work, size_mib)
+        shm_get = Path(tempfile.mkdtemp(prefix="fedgate-bench-s3-", dir="/dev/shm")) / "get.bin"
         url, fg = gateway(work, site)
         procs.append(fg)
         rport = free_port()
@@ -268,8 +275,8 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
 
         cases: Cases = {
             "direct": {"put": lambda: fs.put_file(str(src), f"{srv.bucket}/direct.bin"),
-                       "get": lambda: fs.get_file(f"{srv.bucket}/direct.bin",
-                                                  str(work / "direct-get.bin"))},
+                       # to tmpfs (s3fs cannot write to /dev/null): no disk writeback
+                       "get": lambda: fs.get_file(f"{srv.bucket}/direct.bin", str(shm_get))},
             "fedgate": {op: dav(url, op, "big.bin") for op in ("put", "get", "propfind")},
             "rclone": {op: dav(rurl, op, "rc.bin") for op in ("put", "get", "propfind")},
         }
@@ -282,6 +289,8 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
         for proc in procs:
             stop(proc)
         stop_seaweedfs(srv)
+        if shm_get is not None:
+            shutil.rmtree(shm_get.parent, ignore_errors=True)
 
     def med_cpu(who: str, op: str) -> float:
         return statistics.median(cpu[(who, op)])
@@ -340,7 +349,7 @@ def bench_gridftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
         curl(*auth, "-o", "/dev/null", url + "/warmup.txt")
         cases: Cases = {
             "guc": {"put": guc(f"file://{src} {base}/guc.bin\n"),
-                    "get": guc(f"{base}/guc.bin file://{work}/guc-get.bin\n")},
+                    "get": guc(f"{base}/guc.bin file:///dev/null\n")},
             "fedgate": {"put": lambda: curl(*auth, "-T", str(src), url + "/big.bin"),
                         "get": lambda: curl(*auth, "-o", "/dev/null", url + "/big.bin"),
                         "propfind": lambda: curl(*auth, "-X", "PROPFIND", "-H", "Depth: 1",
