@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 import json
 import logging
@@ -101,6 +102,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         config, password = demo_config(Path(args.data_dir or "fedgate-data"))
     server = _serve_dav(config)
+    if _staging_available() and config.query_enabled:
+        import staging.app  # noqa: F401  (loaded before the collector is tuned)
+    tune_gc()
     wh, wp = config.listen.webdav
     sh, sp = config.listen.staging
     names = ", ".join(s["name"] for s in config.sites)
@@ -133,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_serve_dav(args: argparse.Namespace) -> int:
     config = _load(args)
     server = _serve_dav(config)
+    tune_gc()
     try:
         _wait_for_signal()
     finally:
@@ -146,6 +151,7 @@ def cmd_serve_staging(args: argparse.Namespace) -> int:
         raise UsageError("the staging service is not installed in this build")
     from staging.app import run_staging
 
+    tune_gc()
     run_staging(config, workers=False)
     return 0
 
@@ -156,6 +162,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError("the staging service is not installed in this build")
     from staging.worker import run_worker
 
+    tune_gc()
     run_worker(config)
     return 0
 
@@ -329,6 +336,25 @@ def tune_malloc() -> None:
         libc.mallopt(m_trim_threshold, _trim_threshold_mib() * 1024 * 1024)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
+
+
+#: allocations between young-generation collections in server processes
+#: (CPython's default is 700)
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """For a server process once it is set up: move everything alive now
+    (modules, botocore's service models, the config) out of the collector's
+    scans, and collect the young generation less often.  A 10,000-entry
+    listing allocates ~100,000 objects; with the defaults each one paid for
+    full scans of every loaded module (PROPFIND of 10,000 S3 keys: median
+    0.107 s -> 0.095 s, worst 0.19 -> 0.12 s).  Garbage is still collected:
+    reference counting frees almost everything, the collector only cycles."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,23 @@ def test_malloc_trim_setting_from_the_environment(monkeypatch):
     assert "FEDGATE_MALLOC_TRIM_MIB must be a whole number" in r.stderr
 
 
+def test_server_processes_tune_the_collector():
+    """tune_gc freezes what is loaded and raises the young threshold, and still
+    collects cyclic garbage made afterwards."""
+    code = ("import gc, weakref\n"
+            "from fedgate.cli import tune_gc, GC_YOUNG_THRESHOLD\n"
+            "tune_gc()\n"
+            "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+            "assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD\n"
+            "class C: pass\n"
+            "a = C(); a.me = a; r = weakref.ref(a); del a\n"
+            "keep = [C() for _ in range(3 * GC_YOUNG_THRESHOLD)]\n"
+            "assert r() is None, 'a cycle was never collected'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
 def test_help_and_bad_usage():
     r = fedgate("--help")
     assert r.returncode == 0 and "serve" in r.stdout and "keygen" in r.stdout
