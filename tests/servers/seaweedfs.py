@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -70,6 +71,7 @@ class SeaweedFS:
     log_path: Path
     process: subprocess.Popen[bytes]
     ca_bundle: str | None = None  # the certificate, for an https endpoint
+    ports: tuple[int, ...] = ()  # master, volume, filer, s3 (gRPC: each + 10000)
 
     def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
         """A plain (sync) botocore client for checking what the server holds."""
@@ -222,7 +224,9 @@ def start_seaweedfs(base: Path, weed: str, tls: tuple[Path, Path] | None = None)
         data.mkdir()
         master, volume, filer, s3 = free_port_pairs(4)
         log = base / f"weed-{attempt}.log"
-        cmd = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        # -logdir: glog's files go with the data, not into /tmp
+        cmd = [weed, f"-logdir={base}", "server", f"-dir={data}", "-ip=127.0.0.1",
+               "-ip.bind=127.0.0.1",
                f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
                "-s3", f"-s3.port={s3}", f"-s3.config={conf}",
                "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -235,7 +239,7 @@ def start_seaweedfs(base: Path, weed: str, tls: tuple[Path, Path] | None = None)
                                     start_new_session=True, preexec_fn=_die_with_parent)
         scheme = "http" if tls is None else "https"
         server = SeaweedFS(f"{scheme}://127.0.0.1:{s3}", access, secret, BUCKET, log, proc,
-                           None if tls is None else str(tls[0]))
+                           None if tls is None else str(tls[0]), (master, volume, filer, s3))
         try:
             _wait_ready(server, time.monotonic() + 90)
             return server
@@ -254,6 +258,12 @@ def stop_seaweedfs(server: SeaweedFS) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    # weed leaves its local gRPC/HTTP unix sockets in /tmp, named by port
+    for port in server.ports:
+        for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
+        for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port + 10000}.sock"):
+            sock.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
