@@ -48,11 +48,23 @@ Cases = dict[str, dict[str, Callable[[], Any]]]
 Samples = dict[tuple[str, str], list[float]]
 
 
+def tmpfs_scratch(kind: str) -> Path:
+    """A folder in /dev/shm (where there is one) for the direct clients' GETs:
+    scp and s3fs cannot write to /dev/null, and on a disk the writeback of their
+    1 GiB would slow whichever contender runs next."""
+    shm = Path("/dev/shm")
+    return Path(tempfile.mkdtemp(prefix=f"fedgate-bench-{kind}-get-",
+                                 dir=shm if shm.is_dir() else None))
+
+
 def interleaved(cases: Cases, rounds: list[tuple[str, ...]],
-                pids: dict[str, int] | None = None) -> tuple[Samples, Samples]:
+                pids: dict[str, int] | None = None,
+                server_pid: int | None = None) -> tuple[Samples, Samples]:
     """Run each round's operations for every contender in turn (so load from
     other processes hits all alike): wall times per (contender, operation),
-    NaN for a failed run, and the CPU seconds the processes in ``pids`` used."""
+    NaN for a failed run, and the CPU seconds the processes in ``pids`` used
+    (and, under ``(contender + "@server", operation)``, what ``server_pid``
+    used meanwhile)."""
     times: Samples = {}
     cpu: Samples = {}
     pids = pids or {}
@@ -67,6 +79,7 @@ def interleaved(cases: Cases, rounds: list[tuple[str, ...]],
                 if op not in ops:
                     continue
                 c0 = _cpu_s(pids[who]) if who in pids else 0.0
+                s0 = _cpu_s(server_pid) if server_pid else 0.0
                 try:
                     t = timed(ops[op], repeat=1)
                 except subprocess.CalledProcessError:
@@ -74,6 +87,8 @@ def interleaved(cases: Cases, rounds: list[tuple[str, ...]],
                 times.setdefault((who, op), []).append(t)
                 if who in pids:
                     cpu.setdefault((who, op), []).append(_cpu_s(pids[who]) - c0)
+                if server_pid:
+                    cpu.setdefault((who + "@server", op), []).append(_cpu_s(server_pid) - s0)
     return times, cpu
 
 
@@ -131,6 +146,7 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
 
     srv = start_sshd(work / "sshd", user=f"fgbench{os.getpid()}")
     procs: list[subprocess.Popen[bytes]] = []
+    shm = tmpfs_scratch("sftp")
     try:
         site = srv.site()
         root = Path(site["path"])
@@ -168,8 +184,8 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
         cases: Cases = {
             "scp": {"put": lambda: subprocess.run(["scp", "-q", *ssh, str(src), target],
                                                   check=True),
-                    "get": lambda: subprocess.run(["scp", "-q", *ssh, target, "/dev/null"],
-                                                  check=True)},
+                    "get": lambda: subprocess.run(["scp", "-q", *ssh, target,
+                                                   str(shm / "scp-get.bin")], check=True)},
             "fedgate": {op: dav(url, op) for op in ("put", "get", "propfind")},
             "nofsync": {"put": dav(url_nf, "put", "big-nofsync.bin")},
             "rclone": {op: dav(rurl, op, "rc.bin" if op != "propfind" else "")
@@ -200,6 +216,7 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
             stop(p)
         srv.stop()
         remove_user(srv.user)
+        shutil.rmtree(shm, ignore_errors=True)
 
     def med(who: str, op: str) -> float:
         return statistics.median(times[(who, op)])
@@ -249,18 +266,24 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
                                               "region_name": "us-east-1"})
         fs.pipe({f"{srv.bucket}/bench/many/f{i:05d}.dat": b"x" for i in range(files)})
         src = big_file(work, size_mib)
-        shm_get = Path(tempfile.mkdtemp(prefix="fedgate-bench-s3-", dir="/dev/shm")) / "get.bin"
+        shm_get = tmpfs_scratch("s3") / "get.bin"
         url, fg = gateway(work, site)
         procs.append(fg)
         rport = free_port()
         env = {"RCLONE_S3_PROVIDER": "Other"}
-        rc = start_rclone(f":s3,provider=Other,region=us-east-1,env_auth=false,"
-                          f"force_path_style=true,endpoint='{srv.endpoint_url}',"
-                          f"access_key_id={srv.access_key},secret_access_key={srv.secret_key}:"
-                          f"{srv.bucket}/bench", rport, USER, PW, extra_env=env)
+        remote = (f":s3,provider=Other,region=us-east-1,env_auth=false,"
+                  f"force_path_style=true,endpoint='{srv.endpoint_url}',"
+                  f"access_key_id={srv.access_key},secret_access_key={srv.secret_key}:"
+                  f"{srv.bucket}/bench")
+        rc = start_rclone(remote, rport, USER, PW, extra_env=env)
         procs.append(rc)
         rurl = f"http://127.0.0.1:{rport}"
+        fport = free_port()
+        procs.append(start_rclone(remote, fport, USER, PW, extra_env=env,
+                                  extra_args=FRESH_LISTINGS))
+        furl = f"http://127.0.0.1:{fport}"
         wait_http(rurl + "/")
+        wait_http(furl + "/")
         auth = ["-u", f"{USER}:{PW}"]
         for u in (url, rurl):  # connections up, lazy modules loaded, first listing done
             curl(*auth, "-T", "/etc/hostname", u + "/warmup.txt")
@@ -280,11 +303,21 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
             "fedgate": {op: dav(url, op, "big.bin") for op in ("put", "get", "propfind")},
             "rclone": {op: dav(rurl, op, "rc.bin") for op in ("put", "get", "propfind")},
         }
+        # the server's CPU per PROPFIND shows who asked it (rclone's default
+        # answers from its directory cache)
         pids = {"fedgate": fg.pid, "rclone": rc.pid}
         rss = RSSSampler(fg.pid)
         # 3 rounds of everything, then 6 more of the (short, noisy) PROPFIND
-        times, cpu = interleaved(cases, [OPS] * 3 + [("propfind",)] * 6, pids)
+        times, cpu = interleaved(cases, [OPS] * 3 + [("propfind",)] * 6, pids,
+                                 server_pid=srv.process.pid)
         rss_growth = rss.done()
+        # an object written by another client: who shows it at the next PROPFIND?
+        fs.pipe({f"{srv.bucket}/bench/many/added-directly.dat": b"x"})
+        shows = {who: b"added-directly.dat" in propfind_body(u, auth)
+                 for who, u in (("fedgate", url), ("rclone", rurl))}
+        # rclone asking the server every time: its WebDAV server stats each entry,
+        # and each stat lists the folder again once the cache has expired
+        fresh = timed(dav(furl, "propfind", ""), repeat=3)
     finally:
         for proc in procs:
             stop(proc)
@@ -296,6 +329,15 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
         return statistics.median(cpu[(who, op)])
 
     out = medians_rows("s3", size_mib, files, times, rss_growth, "direct", "s3fs direct")
+    fg_pf = statistics.median(times[("fedgate", "propfind")])
+    out.insert(3, ["s3", f"PROPFIND Depth 1, {files} files, rclone {' '.join(FRESH_LISTINGS)} "
+                   "(s)", f"{fg_pf:.3f}", f"{fresh:.2f}", "", f"{fg_pf / fresh:.3f}x time", ""])
+    out.insert(4, ["s3", "SeaweedFS CPU per PROPFIND (s)",
+                   f"{statistics.median(cpu[('fedgate@server', 'propfind')]):.3f}",
+                   f"{statistics.median(cpu[('rclone@server', 'propfind')]):.3f}", "", "", ""])
+    out.insert(5, ["s3", "a key added through the S3 API shows at the next PROPFIND",
+                   "yes" if shows["fedgate"] else "NO", "yes" if shows["rclone"] else "no "
+                   "(5 min directory cache)", "", "", ""])
     out.append(["s3", "server CPU per op: GET / PUT / PROPFIND (s)",
                 " / ".join(f"{med_cpu('fedgate', op):.2f}" for op in ("get", "put", "propfind")),
                 " / ".join(f"{med_cpu('rclone', op):.2f}" for op in ("get", "put", "propfind")),
@@ -371,6 +413,17 @@ def bench_gridftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
     return rows("gridftp (ftp://)", size_mib, files, f, None,
                 {"get": med[("guc", "get")], "put": med[("guc", "put")]},
                 "globus-url-copy")
+
+
+#: rclone's VFS keeps directory listings for 5 minutes by default; with this
+#: it asks the server again after a second (0s never finished a 10,000-entry
+#: PROPFIND: every entry's stat lists the folder again)
+FRESH_LISTINGS = ["--dir-cache-time", "1s"]
+
+
+def propfind_body(url: str, auth: list[str]) -> bytes:
+    return subprocess.run(["curl", "-sS", "-f", *auth, "-X", "PROPFIND", "-H", "Depth: 1",
+                           url + "/many/"], check=True, capture_output=True).stdout
 
 
 def medians_rows(kind: str, size_mib: int, files: int, times: Samples, rss_growth: float,

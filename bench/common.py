@@ -49,8 +49,8 @@ def start_fedgate(config: dict[str, Any], workdir: Path, role: str = "serve-dav"
 
 
 def start_rclone(remote: str, port: int, user: str, password: str,
-                 extra_env: dict[str, str] | None = None, rclone_conf: Path | None = None
-                 ) -> subprocess.Popen[bytes]:
+                 extra_env: dict[str, str] | None = None, rclone_conf: Path | None = None,
+                 extra_args: list[str] | None = None) -> subprocess.Popen[bytes]:
     if shutil.which("rclone") is None:
         raise RuntimeError("rclone is not installed")
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
@@ -59,6 +59,7 @@ def start_rclone(remote: str, port: int, user: str, password: str,
             "--pass", password]
     if rclone_conf is not None:
         args += ["--config", str(rclone_conf)]
+    args += extra_args or []
     log = open(Path(tempfile.gettempdir()) / f"rclone-{port}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
 
