@@ -10,11 +10,12 @@ worker thread).
   the job's checksum on both servers itself is not checksummed again.
 - Verifies every file before it counts as done; a mismatch removes the bad
   target and is retried.  Streamed copies: the job's checksum (sha256 by
-  default) is computed on the bytes sent, together with a CRC-32 of every
-  1 MiB block; the target is then compared with the server's own checksum
-  when the back end offers one (``Capability.CHECKSUM``), else read back
-  (ranges in parallel) and compared block by block, so a verification costs
-  a fraction of a second per GiB, not a second full hash.  Server-side copies:
+  default) is computed on the bytes sent; the target is then compared with
+  the server's own checksum when the back end offers one
+  (``Capability.CHECKSUM``), else read back (ranges in parallel) and compared
+  with a CRC-32 of every 1 MiB block kept on the way, so a verification costs
+  a fraction of a second per GiB, not a second full hash.  (A server that
+  offered checksums but gives none has the target read and hashed whole.)  Server-side copies:
   both ends are checksummed (server-side or read, in parallel).
 - Retries transient faults (``Transient``, ``Unavailable``, checksum
   mismatches) with exponential backoff, up to ``transfers.retries`` times.
@@ -135,11 +136,12 @@ class ThreadedHashingSink(HashingSink):
     stream digests it keeps a CRC-32 per 1 MiB block (``block_crcs``), which lets
     the target be verified block by block, in parallel."""
 
-    def __init__(self, algorithms: Iterable[str] = ("sha256",)) -> None:
+    def __init__(self, algorithms: Iterable[str] = ("sha256",), blocks: bool = True) -> None:
         super().__init__(algorithms)
-        self.blocks = BlockCRC()
+        self.blocks: BlockCRC | None = BlockCRC() if blocks else None
         self._consumers = [_Consumer(h.update, f"hash-{a}") for a, h in self.hashers.items()]
-        self._consumers.append(_Consumer(self.blocks.update, "hash-crc"))
+        if self.blocks is not None:
+            self._consumers.append(_Consumer(self.blocks.update, "hash-crc"))
         self._closed = False
 
     def update(self, data: bytes) -> None:
@@ -159,9 +161,10 @@ class ThreadedHashingSink(HashingSink):
         self.close()
         return super().hexdigests()
 
-    def block_crcs(self) -> list[int]:
+    def block_crcs(self) -> list[int] | None:
+        """The CRC-32 of every block, or None when the sink was made without them."""
         self.close()
-        return self.blocks.finish()
+        return self.blocks.finish() if self.blocks is not None else None
 
 
 class JobControl:
@@ -372,21 +375,28 @@ class TransferEngine:
             state["committed"].append(dst)
             ctl.add_bytes(n)
         else:
-            # streamed: hash on the way (whole-stream digest + CRC-32 per block), then
-            # read the target back and compare block by block, in parallel
-            sink = ThreadedHashingSink([alg] if alg else [])
+            # streamed: hash on the way, then have the target's server checksum it
+            # or, where it cannot, read the target back and compare a CRC-32 per
+            # block (kept on the way too, unless the server is expected to answer)
+            server_sums = bool(alg) and Capability.CHECKSUM in target.capabilities
+            sink = ThreadedHashingSink([alg] if alg else [], blocks=not server_sums)
             try:
                 n = stream_copy(source, src, target, dst, sink=sink, on_chunk=ctl.add_bytes)
             finally:
                 sink.close()
             state["committed"].append(dst)
             src_digest = sink.hexdigests()[alg] if alg else None
-            if Capability.CHECKSUM in target.capabilities and alg:
+            if server_sums and alg:
                 server = target.checksum(dst, alg)
                 if server:
                     self._compare(target, dst, alg, src_digest, server.lower())
                     return n, src_digest
-            self._verify_blocks(ctl, target, dst, n, sink.block_crcs())
+            crcs = sink.block_crcs()
+            if crcs is None and alg:  # the server did not answer after all: hash a read
+                self._compare(target, dst, "size", str(n), str(target.stat(dst).size))
+                self._compare(target, dst, alg, src_digest, self._checksum(ctl, target, dst, alg))
+                return n, src_digest
+            self._verify_blocks(ctl, target, dst, n, crcs or [])
             return n, src_digest
         # a server-side copy: checksum both ends (server-side or read, in parallel)
         src_size = source.stat(src).size

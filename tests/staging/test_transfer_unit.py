@@ -3,6 +3,7 @@ transient faults (a local site with injected faults), cancel and tree resume."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from adaptors import errors
-from adaptors.base import BLOCK_SIZE
+from adaptors.base import BLOCK_SIZE, Capability
 from adaptors.local import LocalAdaptor
 from fedgate.config import Config
 from fedgate.store.sqlite import SQLiteStore
@@ -199,3 +200,57 @@ def test_cancel_stops_a_gridftp_third_party_job(gridftp_server, gridftp_server_b
     store.close()
     a.close()
     b.close()
+
+
+class SilentChecksumLocal(LocalAdaptor):
+    """A local site that says it has server checksums but gives none (an SFTP
+    account without commands looks like this); ``corrupt`` flips a byte of
+    what is written, as a faulty target would."""
+
+    capabilities = LocalAdaptor.capabilities | Capability.CHECKSUM
+
+    def __init__(self, *a, corrupt: bool = False, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.corrupt = corrupt
+        self.asked = 0
+
+    def checksum(self, path, algorithm):
+        self.asked += 1
+        return None
+
+    def open_write(self, path, size_hint=None):
+        w = super().open_write(path, size_hint)
+        if self.corrupt:
+            write = w.write
+
+            def bad(data):
+                return write(bytes([data[0] ^ 1]) + bytes(data[1:]) if data else data)
+            w.write = bad  # type: ignore[method-assign]
+        return w
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_target_without_the_checksums_it_offers_is_read_and_hashed(tmp_path, monkeypatch,
+                                                                     corrupt):
+    """No block CRCs are kept for a target with server checksums; when it gives
+    none after all, the target is read and hashed whole: a good copy succeeds,
+    a corrupted one fails and is removed."""
+    monkeypatch.setenv("FEDGATE_TRANSFER_BACKOFF_S", "0.01")
+    a = _site(tmp_path, "a")
+    b = _site(tmp_path, "b", SilentChecksumLocal, corrupt=corrupt)
+    data = os.urandom(3 * BLOCK_SIZE + 11)
+    (tmp_path / "a" / "f").write_bytes(data)
+    store = SQLiteStore(tmp_path / "s.db")
+    cfg = Config()
+    cfg.transfers.retries = 1
+    job = _job(store)
+    status, fields = TransferEngine(cfg, Fed(a=a, b=b)).run(job, JobControl(job, "w", store, 30))
+    assert b.asked >= 1
+    if corrupt:
+        assert status == "failed" and fields["error"]["code"] == "checksum_mismatch", fields
+        assert not (tmp_path / "b" / "f").exists()
+    else:
+        assert status == "succeeded", fields
+        assert (tmp_path / "b" / "f").read_bytes() == data
+        assert fields["checksum"] == {"sha256": hashlib.sha256(data).hexdigest()}
+    store.close()
