@@ -307,8 +307,9 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
         # answers from its directory cache)
         pids = {"fedgate": fg.pid, "rclone": rc.pid}
         rss = RSSSampler(fg.pid)
-        # 3 rounds of everything, then 6 more of the (short, noisy) PROPFIND
-        times, cpu = interleaved(cases, [OPS] * 3 + [("propfind",)] * 6, pids,
+        # 3 rounds of everything, then 4 more GETs and 6 more of the (short, noisy)
+        # PROPFIND
+        times, cpu = interleaved(cases, [OPS] * 3 + [("get",)] * 4 + [("propfind",)] * 6, pids,
                                  server_pid=srv.process.pid)
         rss_growth = rss.done()
         # an object written by another client: who shows it at the next PROPFIND?
