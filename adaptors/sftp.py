@@ -677,7 +677,6 @@ class _WritePipe:
         while self.tasks and self.tasks[0].done():
             self.tasks.popleft()
 
-
     async def push(self, data: bytes) -> None:
         """Loop-side hand-over (commit's tail)."""
         with self._cond:

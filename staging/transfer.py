@@ -15,8 +15,9 @@ worker thread).
   (``Capability.CHECKSUM``), else read back (ranges in parallel) and compared
   with a CRC-32 of every 1 MiB block kept on the way, so a verification costs
   a fraction of a second per GiB, not a second full hash.  (A server that
-  offered checksums but gives none has the target read and hashed whole.)  Server-side copies:
-  both ends are checksummed (server-side or read, in parallel).
+  offers checksums but gives none has the target read and hashed whole.)
+  Server-side copies: both ends are checksummed (server-side or read, in
+  parallel).
 - Retries transient faults (``Transient``, ``Unavailable``, checksum
   mismatches) with exponential backoff, up to ``transfers.retries`` times.
 - Stops within one block when cancelled (or when the lease is lost) and
@@ -375,9 +376,9 @@ class TransferEngine:
             state["committed"].append(dst)
             ctl.add_bytes(n)
         else:
-            # streamed: hash on the way, then have the target's server checksum it
-            # or, where it cannot, read the target back and compare a CRC-32 per
-            # block (kept on the way too, unless the server is expected to answer)
+            # streamed: hash on the way; then the target's server checksums it (where
+            # it gives none after all, the target is read and hashed whole), or the
+            # target is read back and compared with a CRC-32 per block kept on the way
             server_sums = bool(alg) and Capability.CHECKSUM in target.capabilities
             sink = ThreadedHashingSink([alg] if alg else [], blocks=not server_sums)
             try:
@@ -386,17 +387,10 @@ class TransferEngine:
                 sink.close()
             state["committed"].append(dst)
             src_digest = sink.hexdigests()[alg] if alg else None
-            if server_sums and alg:
-                server = target.checksum(dst, alg)
-                if server:
-                    self._compare(target, dst, alg, src_digest, server.lower())
-                    return n, src_digest
-            crcs = sink.block_crcs()
-            if crcs is None and alg:  # the server did not answer after all: hash a read
-                self._compare(target, dst, "size", str(n), str(target.stat(dst).size))
+            if alg and server_sums:
                 self._compare(target, dst, alg, src_digest, self._checksum(ctl, target, dst, alg))
-                return n, src_digest
-            self._verify_blocks(ctl, target, dst, n, crcs or [])
+            else:
+                self._verify_blocks(ctl, target, dst, n, sink.block_crcs() or [])
             return n, src_digest
         # a server-side copy: checksum both ends (server-side or read, in parallel)
         src_size = source.stat(src).size
