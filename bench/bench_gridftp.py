@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adaptors import create_adaptor
 from adaptors.base import AdaptorContext
+from bench.common import tmpfs_dir
 from tests.servers.gridftp import GridFTPServer, make_pki, start_server
 
 GUC = shutil.which("globus-url-copy") or "globus-url-copy"
@@ -210,8 +211,7 @@ def main() -> int:
     ap.add_argument("--gsi", action="store_true", help="also measure a GSI (gsiftp://) pair")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fedgate-bench-gridftp-"))
-    shm = Path(tempfile.mkdtemp(prefix="fedgate-bench-", dir="/dev/shm"
-                                if os.path.isdir("/dev/shm") else None))
+    shm = tmpfs_dir("fedgate-bench-")
     servers: list[GridFTPServer] = []
     try:
         a = start_server(work / "a", data_root=_data_root(shm, "a"))

@@ -36,6 +36,7 @@ from bench.common import (
     stop,
     table,
     timed,
+    tmpfs_dir,
     wait_http,
 )
 from fedgate.auth import hash_password
@@ -46,15 +47,6 @@ USER, PW = "bench", "bench-password"
 OPS = ("put", "get", "propfind")
 Cases = dict[str, dict[str, Callable[[], Any]]]
 Samples = dict[tuple[str, str], list[float]]
-
-
-def tmpfs_scratch(kind: str) -> Path:
-    """A folder in /dev/shm (where there is one) for the direct clients' GETs:
-    scp and s3fs cannot write to /dev/null, and on a disk the writeback of their
-    1 GiB would slow whichever contender runs next."""
-    shm = Path("/dev/shm")
-    return Path(tempfile.mkdtemp(prefix=f"fedgate-bench-{kind}-get-",
-                                 dir=shm if shm.is_dir() else None))
 
 
 def interleaved(cases: Cases, rounds: list[tuple[str, ...]],
@@ -146,7 +138,7 @@ def bench_sftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
 
     srv = start_sshd(work / "sshd", user=f"fgbench{os.getpid()}")
     procs: list[subprocess.Popen[bytes]] = []
-    shm = tmpfs_scratch("sftp")
+    shm = tmpfs_dir("fedgate-bench-sftp-get-")  # scp cannot write to /dev/null
     try:
         site = srv.site()
         root = Path(site["path"])
@@ -258,7 +250,7 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
     (work / "weed").mkdir()
     srv = start_seaweedfs(work / "weed", weed)
     procs: list[subprocess.Popen[bytes]] = []
-    shm_get: Path | None = None
+    shm = tmpfs_dir("fedgate-bench-s3-get-")  # s3fs cannot write to /dev/null
     try:
         site = srv.site("bench/")
         fs = s3fs.S3FileSystem(key=srv.access_key, secret=srv.secret_key,
@@ -266,7 +258,6 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
                                               "region_name": "us-east-1"})
         fs.pipe({f"{srv.bucket}/bench/many/f{i:05d}.dat": b"x" for i in range(files)})
         src = big_file(work, size_mib)
-        shm_get = tmpfs_scratch("s3") / "get.bin"
         url, fg = gateway(work, site)
         procs.append(fg)
         rport = free_port()
@@ -298,8 +289,8 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
 
         cases: Cases = {
             "direct": {"put": lambda: fs.put_file(str(src), f"{srv.bucket}/direct.bin"),
-                       # to tmpfs (s3fs cannot write to /dev/null): no disk writeback
-                       "get": lambda: fs.get_file(f"{srv.bucket}/direct.bin", str(shm_get))},
+                       "get": lambda: fs.get_file(f"{srv.bucket}/direct.bin",
+                                                  str(shm / "get.bin"))},
             "fedgate": {op: dav(url, op, "big.bin") for op in ("put", "get", "propfind")},
             "rclone": {op: dav(rurl, op, "rc.bin") for op in ("put", "get", "propfind")},
         }
@@ -323,8 +314,7 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
         for proc in procs:
             stop(proc)
         stop_seaweedfs(srv)
-        if shm_get is not None:
-            shutil.rmtree(shm_get.parent, ignore_errors=True)
+        shutil.rmtree(shm, ignore_errors=True)
 
     def med_cpu(who: str, op: str) -> float:
         return statistics.median(cpu[(who, op)])
@@ -337,8 +327,8 @@ def bench_s3(work: Path, size_mib: int, files: int) -> list[list[str]]:
                    f"{statistics.median(cpu[('fedgate@server', 'propfind')]):.3f}",
                    f"{statistics.median(cpu[('rclone@server', 'propfind')]):.3f}", "", "", ""])
     out.insert(5, ["s3", "a key added through the S3 API shows at the next PROPFIND",
-                   "yes" if shows["fedgate"] else "NO", "yes" if shows["rclone"] else "no "
-                   "(5 min directory cache)", "", "", ""])
+                   "yes" if shows["fedgate"] else "NO",
+                   "yes" if shows["rclone"] else "no (5 min directory cache)", "", "", ""])
     out.append(["s3", "server CPU per op: GET / PUT / PROPFIND (s)",
                 " / ".join(f"{med_cpu('fedgate', op):.2f}" for op in ("get", "put", "propfind")),
                 " / ".join(f"{med_cpu('rclone', op):.2f}" for op in ("get", "put", "propfind")),
@@ -360,9 +350,7 @@ def bench_gridftp(work: Path, size_mib: int, files: int) -> list[list[str]]:
 
     if shutil.which("globus-url-copy") is None:
         raise RuntimeError("globus-url-copy not installed")
-    shm = Path("/dev/shm")
-    data_root = Path(tempfile.mkdtemp(prefix="fedgate-bench-gridftp-",
-                                      dir=shm if shm.is_dir() else None))
+    data_root = tmpfs_dir("fedgate-bench-gridftp-")
     os.chmod(data_root, 0o755)
     with contextlib.suppress(KeyError):
         acc = pwd.getpwnam(SERVICE_USER)
